@@ -1,0 +1,80 @@
+"""Stack many runs' ``results.nc`` into one labelled Dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from experiments.errors import DataError
+from experiments.recording import read_results
+
+KEY_COORDS = ("learner", "dataset", "network", "seed")
+
+
+def find_runs(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """(result files, run folders that started but left no results file)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"no such folder: {folder}")
+    results = sorted(folder.rglob("results.nc"))
+    started = {p.parent for p in folder.rglob(".hydra")}
+    have = {p.parent for p in results}
+    failed = sorted(d for d in started if d not in have and not any(h.is_relative_to(d) for h in have))
+    return results, failed
+
+
+def collect(folder: str | Path, *, complete_only: bool = False) -> xr.Dataset:
+    """One Dataset with dims (learner, seed, [swept...], epoch, split[, block]).
+
+    Runs are keyed by their scalar coordinates (learner, dataset, network,
+    seed and swept hyperparameters); keys that do not vary are kept as scalar
+    coordinates. Runs whose status is not ``complete`` and run folders without
+    results are listed in the attrs ``incomplete_runs`` / ``failed_runs`` (and
+    dropped with ``complete_only``), never silently.
+    """
+    paths, failed = find_runs(folder)
+    if not paths:
+        raise DataError(f"no results.nc under {folder}; run an experiment first (e.g. altlearn -m "
+                        "experiment=mnist_backprop)")
+    runs, run_attrs, incomplete = [], [], []
+    for path in paths:
+        ds = read_results(path)
+        if ds.attrs.get("status") != "complete":
+            incomplete.append(f"{path} ({ds.attrs.get('status')})")
+            if complete_only:
+                continue
+        scalar = {k: ds.coords[k].item() for k in ds.coords if ds.coords[k].ndim == 0}
+        runs.append((path, ds.drop_vars(list(scalar)), scalar))
+        run_attrs.append(ds.attrs)
+    keys = sorted({k for _, _, s in runs for k in s}, key=lambda k: (KEY_COORDS + (k,)).index(k))
+    varying = [k for k in keys if len({_hashable(s.get(k)) for _, _, s in runs}) > 1]
+    if not varying:
+        varying = ["learner"]
+    index = [tuple(s.get(k) for k in varying) for _, _, s in runs]
+    if len(set(index)) != len(index):
+        dup = [p for (p, _, _), i in zip(runs, index) if index.count(i) > 1]
+        raise DataError(f"runs share the same {', '.join(varying)}: {', '.join(map(str, dup[:4]))}; "
+                        "collect them from separate folders")
+    stacked = xr.concat([ds for _, ds, _ in runs], dim="run", join="outer", combine_attrs="drop",
+                        data_vars="all", coords="minimal", compat="override")
+    for k in varying:
+        stacked = stacked.assign_coords({k: ("run", [s.get(k) for _, _, s in runs])})
+    stacked = stacked.set_index(run=varying).unstack("run") if len(runs) > 1 else \
+        stacked.squeeze("run", drop=True).assign_coords({k: index[0][i] for i, k in enumerate(varying)})
+    for k in keys:
+        if k not in varying:
+            stacked = stacked.assign_coords({k: runs[0][2].get(k)})
+    stacked.attrs = {"source": str(folder), "n_runs": len(runs),
+                     "incomplete_runs": "\n".join(incomplete), "failed_runs": "\n".join(map(str, failed))}
+    # per-run scalar attrs worth comparing
+    for attr in ("n_parameters", "peak_memory_total"):
+        values = [float(a[attr]) if attr in a else np.nan for a in run_attrs]
+        var = xr.DataArray(values, dims="run", coords={k: ("run", [i[j] for i in index])
+                                                       for j, k in enumerate(varying)})
+        stacked[attr] = var.set_index(run=varying).unstack("run") if len(runs) > 1 else var.squeeze()
+    return stacked
+
+
+def _hashable(v):
+    return v if isinstance(v, (str, int, float, type(None))) else str(v)

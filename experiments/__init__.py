@@ -1,0 +1,1 @@
+"""Running rules: datasets, the one fit loop, recording, and the hydra app."""

@@ -1,0 +1,126 @@
+"""The `altlearn` command: hydra composes the config, this runs it.
+
+``altlearn``                     every registered learner on digits (the embedded default)
+``altlearn learner=backprop data=mnist network=mlp_2x1000 loop.n_epochs=10 seed=1``
+``altlearn -m experiment=mnist_backprop``   a committed experiment (a sweep over seeds)
+``altlearn demo NAME``           a classroom demo (see experiments/demos)
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.errors import AltlearnError, ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def learner_config(name: str, cfg: DictConfig | None = None) -> dict:
+    """learner/<name>.yaml, plus ``learner_overrides[name]`` from ``cfg`` when given."""
+    path = CONFIG_DIR / "learner" / f"{name}.yaml"
+    if not path.is_file():
+        from learners import available_learners
+        raise ConfigError(f"no config file {path} for learner {name!r}; known learners: "
+                          f"{', '.join(available_learners())}")
+    params = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if cfg is not None and cfg.get("learner_overrides") and name in cfg.learner_overrides:
+        params = OmegaConf.to_container(OmegaConf.merge(params, cfg.learner_overrides[name]), resolve=True)
+    return params
+
+
+def run_one(cfg: DictConfig, learner_params: dict, out_dir: Path, coords: dict | None = None):
+    """Train one learner as ``cfg`` says and write ``out_dir/results.nc``."""
+    from experiments.datasets import load_dataset
+    from experiments.fit import LoopConfig, fit
+    from learners import make_learner
+
+    params = dict(learner_params)
+    name = params.pop("name")
+    learner = make_learner(name, **params)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data = load_dataset(data_cfg["name"], seed=int(cfg.seed), val_size=data_cfg.get("val_size"),
+                        normalize_=data_cfg.get("normalize"), **(data_cfg.get("options") or {}))
+    loop = LoopConfig(**OmegaConf.to_container(cfg.loop, resolve=True))
+    network = OmegaConf.to_container(cfg.network, resolve=True)
+    attrs = {"config": OmegaConf.to_yaml(cfg, resolve=True)}
+    return fit(learner, network, data, loop=loop, seed=int(cfg.seed), out_dir=out_dir,
+               coords=coords or {}, attrs=attrs)
+
+
+def swept_coords(cfg: DictConfig) -> dict:
+    """Hyperparameters a multirun sweeps, as scalar coordinates named by their config keys."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:
+        return {}
+    coords = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~")
+        if key in ("seed", "learner", "experiment", "data", "network") or key.startswith("hydra"):
+            continue
+        coords[key] = _parse_scalar(value)
+    return coords
+
+
+def _parse_scalar(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def task(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.learner.name == "all":
+        from learners import available_learners
+        from learners.base import get_learner_class
+        from experiments.datasets import load_dataset  # noqa: F401  (fail early on a bad dataset)
+        names = [n for n in available_learners()
+                 if cfg.get("data_task", "classification") in get_learner_class(n).tags.tasks]
+        for name in names:
+            print(f"== {name}", file=sys.stderr, flush=True)
+            run_one(cfg, learner_config(name, cfg), out_dir / name, swept_coords(cfg))
+        if cfg.report:
+            from analysis.report import write_report
+            print(write_report(out_dir, out_dir), flush=True)
+        return
+    params = OmegaConf.to_container(cfg.learner, resolve=True)
+    if cfg.get("learner_overrides") and cfg.learner.name in cfg.learner_overrides:
+        params = OmegaConf.to_container(OmegaConf.merge(params, cfg.learner_overrides[cfg.learner.name]),
+                                        resolve=True)
+    result = run_one(cfg, params, out_dir, swept_coords(cfg))
+    acc = result.results["accuracy"].sel(split="test").values[-1] if "accuracy" in result.results else None
+    summary = f"{cfg.learner.name}: test accuracy {acc:.4f}" if acc is not None else f"{cfg.learner.name}: done"
+    print(f"{summary} ({out_dir / 'results.nc'})", flush=True)
+
+
+def _hydra_main():
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="configs", config_name="config")
+    def entry(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except AltlearnError as err:
+            print(f"altlearn: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    entry()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "demo":
+        from experiments.demos import main as demo_main
+        sys.exit(demo_main(sys.argv[2:]))
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Optimiser and learning-rate schedule settings shared by the torch learners."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from experiments.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "linear_cooldown")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """One optimiser and its schedule.
+
+    Schedules, as a factor on ``lr`` at step s of S total steps:
+    ``constant`` 1; ``cosine`` final + (1 - final) * (1 + cos(pi s / S)) / 2;
+    ``linear_cooldown`` 1 until ``cooldown_start`` * S, then linear down to
+    ``final_lr_fraction`` at S (the schedule of loeweX/Forward-Forward, which
+    cools down over the second half). ``warmup_steps`` ramps linearly first.
+    """
+
+    name: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    cooldown_start: float = 0.5
+    final_lr_fraction: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optimizer.name={self.name!r} is not known; allowed: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optimizer.schedule={self.schedule!r} is not known; allowed: {', '.join(SCHEDULES)}")
+        if not self.lr > 0:
+            raise ConfigError(f"optimizer.lr must be positive, got {self.lr}")
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+
+def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """``params`` may be tensors or torch parameter groups (dicts with their own settings)."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: OptimizerConfig, step: int, total_steps: int) -> float:
+    """The schedule's multiplier on the base learning rate at ``step`` (0-based)."""
+    total = max(int(total_steps), 1)
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(step / total, 1.0)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        return cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+    if progress < cfg.cooldown_start:
+        return 1.0
+    span = max(1.0 - cfg.cooldown_start, 1e-12)
+    return 1.0 - (1.0 - cfg.final_lr_fraction) * (progress - cfg.cooldown_start) / span
+
+
+class Schedule:
+    """Sets each parameter group's lr to its base lr times the schedule factor.
+
+    Written out rather than torch's LambdaLR so the state pickles and each
+    group (e.g. a readout with its own lr) keeps its own base rate.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int):
+        self.optimizer, self.cfg, self.total_steps = optimizer, cfg, total_steps
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.step_count = 0
+        self._apply()
+
+    def _apply(self):
+        factor = lr_factor(self.cfg, self.step_count, self.total_steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def step(self):
+        self.step_count += 1
+        self._apply()
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int) -> Schedule:
+    return Schedule(optimizer, cfg, total_steps)

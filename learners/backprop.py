@@ -1,0 +1,53 @@
+"""Backpropagation: the end-to-end baseline every other rule is compared with."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
+from learners.base import Learner, Tags, TorchState, evaluating, register
+
+
+def task_loss(scores: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Cross-entropy on logits for classification, mean squared error for regression."""
+    if task == "regression":
+        return F.mse_loss(scores, y.reshape(scores.shape))
+    return F.cross_entropy(scores, y)
+
+
+@register("backprop")
+@dataclass(frozen=True, kw_only=True)
+class Backprop(Learner):
+    """Gradient of the task loss through the whole network, one optimiser for all weights."""
+
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
+
+    tags = Tags(locality="global", crosses_blocks=True, backend="torch",
+                tasks=("classification", "regression"))
+    contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
+
+    def init(self, network, data_info, seed):
+        network = network.to(data_info.device)
+        opt = make_optimizer(network.parameters(), self.optimizer)
+        state = TorchState(network=network)
+        state.extra = {"optimizer": opt, "scheduler": make_scheduler(opt, self.optimizer, data_info.total_steps),
+                       "task": data_info.task}
+        return state
+
+    def update(self, state, batch):
+        x, y = batch
+        opt = state.extra["optimizer"]
+        state.network.train()
+        loss = task_loss(state.network(x), y, state.extra["task"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state.extra["scheduler"].step()
+        state.step += 1
+        return state, {"loss": loss.item()}
+
+    def predict(self, state, x):
+        with evaluating(state.network) as net:
+            return net(x)

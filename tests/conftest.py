@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    """The folder with mnist/ and fashion-mnist/ IDX files, or skip."""
+    root = os.environ.get("ALTLEARN_DATA") or (str(SHARED_DATA) if SHARED_DATA.is_dir() else None)
+    if not root or not (Path(root) / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("MNIST files not found: set ALTLEARN_DATA to a folder holding mnist/")
+    return Path(root)
