@@ -45,6 +45,10 @@ def run_one(cfg: DictConfig, learner_params: dict, out_dir: Path, coords: dict |
     loop = LoopConfig(**OmegaConf.to_container(cfg.loop, resolve=True))
     network = OmegaConf.to_container(cfg.network, resolve=True)
     attrs = {"config": OmegaConf.to_yaml(cfg, resolve=True)}
+    if cfg.get("stream"):
+        from experiments.continual import run_from_config
+        return run_from_config(cfg, learner, data, network, loop, out_dir=out_dir, coords=coords or {},
+                               attrs=attrs)
     return fit(learner, network, data, loop=loop, seed=int(cfg.seed), out_dir=out_dir,
                coords=coords or {}, attrs=attrs)
 

@@ -1,0 +1,47 @@
+"""Shared measuring helpers for the benchmark scripts (not tests: numbers vary by machine)."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def set_threads(n: int) -> None:
+    """Fix torch's intra-op threads (and BLAS's, for numpy/numba work started after this)."""
+    torch.set_num_threads(n)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 20, dtype=torch.float32) -> float:
+    """Best-of-``repeats`` fp32 GFLOP/s of an n x n matrix multiply with the current thread count."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def machine_description() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
+           f"{torch.get_num_threads()} threads"
+
+
+def write_table(path: str | Path, title: str, header: list[str], rows: list[list], notes: str = "") -> str:
+    """A markdown table written to ``path`` (and returned)."""
+    lines = [f"# {title}", "", notes, "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+    text = "\n".join(lines) + "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    return text
