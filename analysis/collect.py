@@ -60,7 +60,7 @@ def collect(folder: str | Path, *, complete_only: bool = False) -> xr.Dataset:
                         data_vars="all", coords="minimal", compat="override")
     for k in varying:
         stacked = stacked.assign_coords({k: ("run", [s.get(k) for _, _, s in runs])})
-    stacked = stacked.set_index(run=varying).unstack("run") if len(runs) > 1 else \
+    stacked = _unstack(stacked, varying) if len(runs) > 1 else \
         stacked.squeeze("run", drop=True).assign_coords({k: index[0][i] for i, k in enumerate(varying)})
     for k in keys:
         if k not in varying:
@@ -72,8 +72,15 @@ def collect(folder: str | Path, *, complete_only: bool = False) -> xr.Dataset:
         values = [float(a[attr]) if attr in a else np.nan for a in run_attrs]
         var = xr.DataArray(values, dims="run", coords={k: ("run", [i[j] for i in index])
                                                        for j, k in enumerate(varying)})
-        stacked[attr] = var.set_index(run=varying).unstack("run") if len(runs) > 1 else var.squeeze()
+        stacked[attr] = _unstack(var, varying) if len(runs) > 1 else var.squeeze()
     return stacked
+
+
+def _unstack(obj, keys):
+    """Turn the ``run`` dim into one dim per key (a single key needs no multi-index)."""
+    if len(keys) == 1:
+        return obj.swap_dims(run=keys[0]).sortby(keys[0])
+    return obj.set_index(run=keys).unstack("run")
 
 
 def _hashable(v):

@@ -53,6 +53,10 @@ def run_one(cfg: DictConfig, learner_params: dict, out_dir: Path, coords: dict |
                coords=coords or {}, attrs=attrs)
 
 
+# overrides that change how a run is executed or shown, not what it learns
+_NOT_HYPERPARAMETERS = ("hydra", "loop.progress", "loop.threads", "loop.device", "report", "name")
+
+
 def swept_coords(cfg: DictConfig) -> dict:
     """Hyperparameters a multirun sweeps, as scalar coordinates named by their config keys."""
     try:
@@ -64,7 +68,7 @@ def swept_coords(cfg: DictConfig) -> dict:
     for item in overrides:
         key, _, value = item.partition("=")
         key = key.lstrip("+~")
-        if key in ("seed", "learner", "experiment", "data", "network") or key.startswith("hydra"):
+        if key in ("seed", "learner", "experiment", "data", "network") or key.startswith(_NOT_HYPERPARAMETERS):
             continue
         coords[key] = _parse_scalar(value)
     return coords

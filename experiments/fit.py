@@ -101,8 +101,12 @@ def to_tensor(a: np.ndarray, device: str) -> torch.Tensor:
 
 
 def evaluate(learner: Learner, state, x: torch.Tensor, y: torch.Tensor, task: str,
-             batch_size: int = 2048) -> dict[str, float]:
-    """Accuracy and cross-entropy of the scores taken as logits (MSE and R^2 for regression)."""
+             batch_size: int = 2048, classes=None) -> dict[str, float]:
+    """Accuracy and cross-entropy of the scores taken as logits (MSE and R^2 for regression).
+
+    ``classes`` (output units, optional) scores only those units, with ``y`` given as
+    unit indices: task-incremental evaluation, where the task id picks its head.
+    """
     if len(x) == 0:
         return {}
     scores = torch.cat([learner.predict(state, x[i:i + batch_size]).detach().float()
@@ -110,6 +114,11 @@ def evaluate(learner: Learner, state, x: torch.Tensor, y: torch.Tensor, task: st
     if not torch.isfinite(scores).all():
         bad = scores[~torch.isfinite(scores)][0].item()
         raise TrainingDiverged(f"learner {learner.name!r} predicted a non-finite score ({bad})", value=bad)
+    if classes is not None:
+        units = torch.as_tensor(list(classes), dtype=torch.long, device=scores.device)
+        lookup = torch.full((scores.shape[1],), -1, dtype=torch.long, device=scores.device)
+        lookup[units] = torch.arange(len(units), device=scores.device)
+        scores, y = scores[:, units], lookup[y]
     if task == "regression":
         target = y.reshape(scores.shape).float()
         mse = torch.mean((scores - target) ** 2).item()

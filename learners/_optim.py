@@ -8,7 +8,9 @@ import torch
 
 from experiments.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+# adamw_schedulefree: Defazio et al. 2024 (the `schedulefree` package, imported only when
+# asked for); it keeps two weight sequences, so call `schedule_free_mode(opt, train)` around evaluation.
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamw_schedulefree")
 SCHEDULES = ("constant", "cosine", "linear_cooldown")
 
 
@@ -51,7 +53,30 @@ def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
                                weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw_schedulefree":
+        try:
+            import schedulefree
+        except ImportError as err:
+            raise ConfigError("optimizer.name='adamw_schedulefree' needs the schedulefree package: "
+                              "pip install schedulefree") from err
+        opt = schedulefree.AdamWScheduleFree(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                             warmup_steps=cfg.warmup_steps)
+        opt.train()
+        return opt
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
+    return hasattr(optimizer, "train") and hasattr(optimizer, "eval") and \
+        "train_mode" in optimizer.param_groups[0]
+
+
+def schedule_free_mode(optimizer: torch.optim.Optimizer, train: bool) -> None:
+    """Put a schedule-free optimiser's weights at its training (y) or evaluation (x) point; others: no-op.
+
+    Its warmup (``warmup_steps``) is its own, so drive it without a `Schedule`."""
+    if is_schedule_free(optimizer):
+        optimizer.train() if train else optimizer.eval()
 
 
 def lr_factor(cfg: OptimizerConfig, step: int, total_steps: int) -> float:

@@ -88,6 +88,10 @@ class Learner:
         """Per-block evaluation metrics (e.g. probe accuracy), computed once per epoch."""
         return {}
 
+    def task_metrics(self, state) -> dict[str, list[float]]:
+        """Per-layer metrics recorded after each ``end_task`` of a continual run (e.g. subspace sizes)."""
+        return {}
+
     def block_parameters(self, state) -> list[list[torch.Tensor]]:
         """The trainable tensors of each block, for the locality checks."""
         return [list(block.parameters()) for block in state.network.blocks]

@@ -72,6 +72,15 @@ def build(spec: NetworkSpec, seed: int) -> Network:
     if spec.input_shape is None or spec.n_classes is None:
         raise ConfigError("network spec has no input_shape/n_classes yet: call spec.resolve(input_shape, "
                           "n_classes) with the data's shape first")
+    # torch's layer constructors draw their own init from the global RNG; fork it
+    # so building a network never shifts anyone else's random stream.
+    with torch.random.fork_rng(devices=[]):
+        net = _assemble(spec)
+    initialise(net, spec, seed)
+    return net
+
+
+def _assemble(spec: NetworkSpec) -> Network:
     blocks: list[nn.Module] = []
     shapes: list[tuple[int, ...]] = []
     shape = tuple(spec.input_shape)
@@ -90,6 +99,9 @@ def build(spec: NetworkSpec, seed: int) -> Network:
                     raise ConfigError(f"network.pool[{i}]={p} is larger than the {h}x{w} feature map")
                 layers.append(nn.MaxPool2d(p) if spec.pool_type == "max" else nn.AvgPool2d(p))
                 h, w = h // p, w // p
+            if spec.adaptive_pool and i == len(spec.channels) - 1:
+                layers.append(nn.AdaptiveAvgPool2d(spec.adaptive_pool))
+                h = w = spec.adaptive_pool
             blocks.append(nn.Sequential(*layers))
             shapes.append((out_ch, h, w))
             in_ch = out_ch
@@ -108,9 +120,7 @@ def build(spec: NetworkSpec, seed: int) -> Network:
     if spec.head:
         head = nn.Sequential(nn.Flatten(), nn.Linear(in_features, spec.n_classes, bias=spec.bias)) \
             if not spec.widths else nn.Linear(in_features, spec.n_classes, bias=spec.bias)
-    net = Network(spec, blocks, head, shapes)
-    initialise(net, spec, seed)
-    return net
+    return Network(spec, blocks, head, shapes)
 
 
 def initialise(net: nn.Module, spec: NetworkSpec, seed: int) -> None:

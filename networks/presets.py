@@ -11,10 +11,18 @@ PRESETS: dict[str, NetworkSpec] = {
     "mlp_2x1000": NetworkSpec(kind="mlp", widths=(1000, 1000)),
     "mlp_3x1000": NetworkSpec(kind="mlp", widths=(1000, 1000, 1000)),
     "mlp_4x2000": NetworkSpec(kind="mlp", widths=(2000, 2000, 2000, 2000)),
-    # LLS spec, "smallconv": conv32-conv64-conv128 + FC512, batch norm, leaky ReLU,
-    # pooling after every conv block.
-    "smallconv": NetworkSpec(kind="convnet", channels=(32, 64, 128), pool=(2, 2, 2), widths=(512,),
-                             batch_norm=True, activation="leaky_relu"),
+    # LLS-DNN (mapolinario94/LLS-DNN, models/lls_smallconv.py, lls_vgg.py): conv3x3-BN-LeakyReLU
+    # blocks, 2x2 max pooling where the reference pools, adaptive average pooling of the last conv
+    # map to 2x2, then FC-BN-LeakyReLU blocks.
+    # smallconv: conv32 -> max -> conv64 -> max -> conv128 -> avg(2x2) -> FC512
+    "smallconv": NetworkSpec(kind="convnet", channels=(32, 64, 128), pool=(2, 2, 1), adaptive_pool=2,
+                             widths=(512,), batch_norm=True, activation="leaky_relu"),
+    # smallconv_l (the paper's Table 2): the same with 96, 192, 512 channels and FC1024
+    "smallconv_l": NetworkSpec(kind="convnet", channels=(96, 192, 512), pool=(2, 2, 1), adaptive_pool=2,
+                               widths=(1024,), batch_norm=True, activation="leaky_relu"),
+    # vgg8: conv128, conv256, max, conv256, conv256, max, conv512, max, conv512, avg(2x2), FC1024
+    "vgg8": NetworkSpec(kind="convnet", channels=(128, 256, 256, 256, 512, 512), pool=(1, 2, 1, 2, 2, 1),
+                        adaptive_pool=2, widths=(1024,), batch_norm=True, activation="leaky_relu"),
 }
 
 

@@ -21,8 +21,9 @@ class NetworkSpec:
     MLP: ``widths`` are the hidden layers; each is one block.
     ConvNet: ``channels`` are conv blocks (conv, optional batch norm,
     activation, pooling ``pool[i]``, 1 = none), then ``widths`` are fully
-    connected blocks. Both end in a linear ``head`` to ``n_classes`` unless
-    ``head`` is False.
+    connected blocks. ``adaptive_pool`` = s > 0 ends the last conv block with an
+    adaptive average pooling to s x s (LLS-DNN's SmallConv and VGG8). Both end
+    in a linear ``head`` to ``n_classes`` unless ``head`` is False.
     """
 
     kind: str = "mlp"
@@ -32,6 +33,7 @@ class NetworkSpec:
     kernel_size: int = 3
     pool: tuple[int, ...] = ()
     pool_type: str = "max"
+    adaptive_pool: int = 0              # convnet: average-pool the last conv block to s x s (0 = none)
     n_classes: int | None = None
     activation: str = "relu"
     leaky_slope: float = 0.01
@@ -60,6 +62,9 @@ class NetworkSpec:
             if self.pool and len(self.pool) != len(self.channels):
                 raise ConfigError(f"network.pool has {len(self.pool)} entries but network.channels has "
                                   f"{len(self.channels)}; give one pooling size per conv block (1 = none)")
+        if self.adaptive_pool < 0 or (self.adaptive_pool and self.kind != "convnet"):
+            raise ConfigError(f"network.adaptive_pool={self.adaptive_pool} must be 0 (none) or, for kind=convnet, "
+                              "the positive side of the last conv block's pooled map")
         if any(w <= 0 for w in self.widths + self.channels):
             raise ConfigError(f"network widths/channels must be positive, got {self.widths + self.channels}")
 

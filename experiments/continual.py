@@ -1,0 +1,403 @@
+"""Continual learning: task streams built from the datasets, and the continual run.
+
+A stream is a list of `Task` records (train/val/test arrays plus the output
+units the task uses). `run_stream` trains one learner through it: for each task
+``begin_task``, the fit loop's epoch function for ``epochs_per_task`` epochs,
+``end_task``, then an evaluation on every task of the stream (seen and not yet
+seen). The result is the accuracy matrix ``task_accuracy(trained_task,
+eval_task)`` (test split) with ACC, BWT and forgetting (formulas in
+`analysis.continual`), beside the usual per-epoch variables.
+
+Streams (``stream.name``):
+
+- ``permuted_mnist`` (or ``permuted`` over any image/vector dataset): task t
+  applies a fixed pixel permutation drawn from ``[stream.seed, t]``; task 0 is
+  unpermuted unless ``permute_first``.
+- ``split_mnist``, ``split_fashion_mnist`` (or ``split`` over any dataset):
+  classes (0, 1), (2, 3), ... one pair per task (``classes_per_task``).
+
+Settings (``stream.setting``):
+
+- ``task``: task-incremental. Every task has its own output units (one head per
+  task); the task id picks them at test time, and during training the other
+  units are masked out of the network's head (their logits set to -1e9, which
+  gives them zero gradient under softmax cross-entropy) for learners that score
+  through ``state.network.head``.
+- ``domain``: one shared head of ``classes_per_task`` units; labels are the
+  position within the task (split: 0/1; permuted: the digit).
+- ``class``: one shared head over all classes, no task id at test.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from experiments.datasets import Dataset
+from experiments.errors import ConfigError, TrainingDiverged
+from experiments.fit import (FitResult, LoopConfig, Run, _count_parameters, _network_name, _train_epoch, as_spec,
+                             evaluate, to_tensor)
+from experiments.memory import PeakMemory
+from experiments.recording import provenance, results_dataset, write_results
+from learners.base import DataInfo, Learner
+from networks import build
+
+STREAMS = {  # name: (kind, dataset it must be built from; None = any)
+    "permuted_mnist": ("permuted", "mnist"),
+    "split_mnist": ("split", "mnist"),
+    "split_fashion_mnist": ("split", "fashion_mnist"),
+    "permuted": ("permuted", None),
+    "split": ("split", None),
+}
+SETTINGS = ("task", "domain", "class")
+MASK_VALUE = -1e9
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    """Which stream and how it is run (the root config key ``stream``)."""
+
+    name: str = "permuted_mnist"
+    n_tasks: int | None = None          # None: 10 for permuted, all classes / classes_per_task for split
+    setting: str = "domain"             # task | domain | class
+    permute_first: bool = False         # permuted: also permute task 0
+    classes_per_task: int = 2           # split
+    epochs_per_task: int | None = None  # None: loop.n_epochs
+    max_train_per_task: int | None = None  # CPU budgets: a fixed seeded subset of each task's train split
+    max_test_per_task: int | None = None   # ... and of its val/test splits
+    seed: int | None = None             # permutations / subsets; None: the run's seed
+
+    def __post_init__(self):
+        if self.name not in STREAMS:
+            raise ConfigError(f"stream.name={self.name!r} is not known; allowed: {', '.join(STREAMS)}")
+        if self.setting not in SETTINGS:
+            raise ConfigError(f"stream.setting={self.setting!r} is not known; allowed: {', '.join(SETTINGS)}")
+        for key in ("n_tasks", "epochs_per_task", "max_train_per_task", "max_test_per_task"):
+            value = getattr(self, key)
+            if value is not None and int(value) < 1:
+                raise ConfigError(f"stream.{key}={value} must be >= 1 (or null)")
+        if self.classes_per_task < 1:
+            raise ConfigError(f"stream.classes_per_task={self.classes_per_task} must be >= 1")
+
+
+@dataclass
+class Task:
+    """One task of a stream. ``y_*`` are output-unit indices; ``classes`` the units it uses."""
+
+    index: int
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[int, ...]
+    setting: str = "domain"
+
+    @property
+    def task_id_at_test(self) -> bool:
+        return self.setting == "task"
+
+
+@dataclass
+class Stream:
+    name: str
+    tasks: list[Task]
+    n_outputs: int
+    input_shape: tuple[int, ...]
+    setting: str
+    dataset: str
+
+    def __len__(self):
+        return len(self.tasks)
+
+
+def build_stream(cfg: StreamConfig, data: Dataset, seed: int = 0) -> Stream:
+    """The tasks of ``cfg`` built from ``data`` (a loaded `Dataset`)."""
+    kind, needs = STREAMS[cfg.name]
+    if needs is not None and data.name != needs:
+        raise ConfigError(f"stream.name={cfg.name!r} is built from data={needs}, but data={data.name!r} is "
+                          f"loaded; use data={needs}, or stream.name={kind!r} to build it from any dataset")
+    if data.task != "classification":
+        raise ConfigError(f"continual streams need a classification dataset; data={data.name!r} is {data.task}")
+    seed = int(cfg.seed if cfg.seed is not None else seed)
+    rng = np.random.default_rng([seed, 7])
+    subsets = {split: _subset_index(len(getattr(data, f"x_{split}")),
+                                    cfg.max_train_per_task if split == "train" else cfg.max_test_per_task,
+                                    np.random.default_rng([seed, 8, i]))
+               for i, split in enumerate(("train", "val", "test"))}
+    tasks = []
+    if kind == "permuted":
+        n_tasks = cfg.n_tasks or 10
+        n_pixels = int(np.prod(data.input_shape))
+        k = data.n_classes
+        for t in range(n_tasks):
+            perm = np.arange(n_pixels) if (t == 0 and not cfg.permute_first) else rng.permutation(n_pixels)
+            offset = t * k if cfg.setting == "task" else 0
+            arrays = {}
+            for split in ("train", "val", "test"):
+                x, y = data.split(split)
+                idx = subsets[split]
+                x = x[idx].reshape(len(idx), -1)[:, perm].reshape((len(idx),) + data.input_shape)
+                arrays[split] = (np.ascontiguousarray(x), (y[idx] + offset).astype(np.int64))
+            tasks.append(_task(t, f"permutation {t}", arrays, tuple(range(offset, offset + k)), cfg.setting))
+        n_outputs = n_tasks * k if cfg.setting == "task" else k
+    else:
+        k = cfg.classes_per_task
+        max_tasks = data.n_classes // k
+        n_tasks = cfg.n_tasks or max_tasks
+        if n_tasks > max_tasks:
+            raise ConfigError(f"stream.n_tasks={n_tasks} needs {n_tasks * k} classes but data={data.name!r} has "
+                              f"{data.n_classes} (stream.classes_per_task={k}); allowed: at most {max_tasks}")
+        for t in range(n_tasks):
+            group = np.arange(t * k, (t + 1) * k)
+            arrays = {}
+            for split in ("train", "val", "test"):
+                x, y = data.split(split)
+                keep = np.isin(y, group)
+                x, y = x[keep], y[keep]
+                idx = _subset_index(len(x), cfg.max_train_per_task if split == "train" else cfg.max_test_per_task,
+                                    np.random.default_rng([seed, 9, t, len(split)]))
+                x, y = x[idx], y[idx]
+                # class-incremental and task-incremental keep the global label (its own unit);
+                # domain-incremental shares units 0..k-1 across tasks.
+                arrays[split] = (x, (y - t * k if cfg.setting == "domain" else y).astype(np.int64))
+            units = tuple(range(k)) if cfg.setting == "domain" else tuple(int(c) for c in group)
+            tasks.append(_task(t, "classes " + ",".join(str(c) for c in group), arrays, units, cfg.setting))
+        n_outputs = k if cfg.setting == "domain" else n_tasks * k
+    return Stream(name=cfg.name, tasks=tasks, n_outputs=n_outputs, input_shape=data.input_shape,
+                  setting=cfg.setting, dataset=data.name)
+
+
+def _subset_index(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, int(limit), replace=False))
+
+
+def _task(index, name, arrays, classes, setting) -> Task:
+    return Task(index=index, name=name, x_train=arrays["train"][0], y_train=arrays["train"][1],
+                x_val=arrays["val"][0], y_val=arrays["val"][1], x_test=arrays["test"][0],
+                y_test=arrays["test"][1], classes=classes, setting=setting)
+
+
+class HeadMask:
+    """Forward hook on the network's head: logits of units outside ``units`` are set to a large negative.
+
+    Task-incremental training with one head per task: softmax cross-entropy then
+    gives the other tasks' units zero gradient. A picklable callable (not a closure).
+    """
+
+    def __init__(self, n_outputs: int):
+        self.allowed = None
+        self.n_outputs = n_outputs
+
+    def set(self, units):
+        if units is None:
+            self.allowed = None
+        else:
+            mask = torch.zeros(self.n_outputs, dtype=torch.bool)
+            mask[list(units)] = True
+            self.allowed = mask
+
+    def __call__(self, module, inputs, output):
+        if self.allowed is None:
+            return output
+        return output.masked_fill(~self.allowed.to(output.device), MASK_VALUE)
+
+
+@dataclass
+class ContinualRecorder:
+    """What a continual run has measured so far; turned into one xarray Dataset."""
+
+    n_tasks: int
+    records: list[dict] = field(default_factory=list)          # per epoch, as fit records them
+    epoch_task_acc: list[list[float]] = field(default_factory=list)
+    matrix: np.ndarray = None
+    task_metrics: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    task_wall: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.matrix = np.full((self.n_tasks, self.n_tasks), np.nan)
+
+
+def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = LoopConfig(),
+               epochs_per_task: int | None = None, seed: int = 0, callbacks=(), out_dir=None,
+               coords: dict | None = None, attrs: dict | None = None) -> FitResult:
+    """Train ``learner`` through ``stream``; results hold the accuracy matrix and ACC/BWT/forgetting.
+
+    Per-epoch ``accuracy(epoch, split)``: ``train`` on the current task's
+    training data (at most ``loop.eval_train_max`` samples), ``val``/``test``
+    the mean over all tasks of the stream; at the last epoch the test value is
+    ACC. ``task_accuracy(trained_task, eval_task)`` is the test accuracy on
+    eval_task after training (and ``end_task`` of) trained_task.
+    """
+    from analysis.continual import continual_metrics
+
+    if "classification" not in learner.tags.tasks:
+        raise ConfigError(f"learner {learner.name!r} does not do classification; continual streams need it")
+    epochs_per_task = int(epochs_per_task or loop.n_epochs)
+    n_tasks = len(stream)
+    spec = as_spec(network).resolve(stream.input_shape, stream.n_outputs)
+    if loop.threads:
+        torch.set_num_threads(int(loop.threads))
+    device = loop.device
+    first = stream.tasks[0]
+    n_train = len(first.x_train)
+    batch_size = n_train if learner.tags.full_batch else min(loop.batch_size, n_train)
+    steps = n_train // batch_size if loop.drop_last else -(-n_train // batch_size)
+    # The learner's budget spans the whole stream, so schedules run over all tasks.
+    info = DataInfo(input_shape=spec.input_shape, n_classes=spec.n_classes, n_train=n_train,
+                    task="classification", batch_size=batch_size, steps_per_epoch=steps,
+                    n_epochs=epochs_per_task * n_tasks, device=device)
+    run_loop = dataclasses.replace(loop, n_epochs=epochs_per_task * n_tasks)
+    memory = PeakMemory(device=device)
+    network_module = build(spec, seed)
+    run = Run(learner=learner, network=network_module, data=None, loop=run_loop, seed=seed, info=info)
+    run.state = learner.init(network_module, info, seed)
+    head_mask = None
+    if stream.setting == "task" and getattr(getattr(run.state, "network", None), "head", None) is not None:
+        head_mask = HeadMask(stream.n_outputs)
+        run.state.network.head.register_forward_hook(head_mask)
+    from experiments.callbacks import ProgressBar
+    callbacks = list(callbacks) + ([ProgressBar()] if loop.progress else [])
+    order_rng = np.random.default_rng([seed, 1]) if loop.shuffle else None
+    tensors = [{split: (to_tensor(getattr(t, f"x_{split}"), device), to_tensor(getattr(t, f"y_{split}"), device))
+                for split in ("train", "val", "test")} for t in stream.tasks]
+    coords = {"learner": learner.name, "seed": seed, "dataset": stream.name,
+              "network": _network_name(network), **(coords or {})}
+    attrs = {**provenance(), "learner_hyperparameters": learner.hyperparameters(), "network_spec": spec.to_dict(),
+             "n_parameters": _count_parameters(run.state, network_module), "block_split": "test",
+             "n_train": n_train, "stream": stream.name, "setting": stream.setting, "n_tasks": n_tasks,
+             "epochs_per_task": epochs_per_task, "task_names": [t.name for t in stream.tasks], **(attrs or {})}
+    rec = ContinualRecorder(n_tasks)
+    out_path = Path(out_dir) / "results.nc" if out_dir is not None else None
+
+    def save():
+        ds = continual_dataset(rec, coords=coords, attrs={**attrs, "status": run.status})
+        ds = ds.merge(continual_metrics(ds["task_accuracy"]))
+        if out_path is not None:
+            write_results(ds, out_path)
+        return ds
+
+    def eval_on(task, x, y):
+        """Scores of ``task``'s data; with task ids at test, only its own units count."""
+        if head_mask is not None:
+            head_mask.set(task.classes)
+        classes = task.classes if stream.setting == "task" else None
+        try:
+            return evaluate(learner, run.state, x, y, "classification", loop.eval_batch_size, classes=classes)
+        finally:
+            if head_mask is not None:
+                head_mask.set(None)
+
+    memory.start()
+    for cb in callbacks:
+        cb.on_fit_start(run)
+    try:
+        for t, task in enumerate(stream.tasks):
+            t0 = time.perf_counter()
+            run.state = learner.begin_task(run.state, task)
+            x_train, y_train = tensors[t]["train"]
+            for e in range(epochs_per_task):
+                run.epoch = t * epochs_per_task + e
+                if head_mask is not None:
+                    head_mask.set(task.classes)
+                try:
+                    record = _train_epoch(run, x_train, y_train, batch_size, order_rng, callbacks)
+                finally:
+                    if head_mask is not None:
+                        head_mask.set(None)
+                last = e == epochs_per_task - 1
+                if last:
+                    run.state = learner.end_task(run.state, task)
+                record["trained_task"] = t
+                record["peak_memory"] = memory.peak_so_far()
+                per_task = {split: [eval_on(other, *tensors[j][split]) for j, other in enumerate(stream.tasks)]
+                            for split in ("val", "test")}
+                for split, results in per_task.items():
+                    if results and results[0]:
+                        for key in ("accuracy", "loss"):
+                            record.setdefault(key, {})[split] = float(np.mean([r[key] for r in results]))
+                train_eval = _train_subset(tensors[t]["train"], loop.eval_train_max, seed)
+                for key, value in eval_on(task, *train_eval).items():
+                    record.setdefault(key, {})["train"] = value
+                test_acc = [r["accuracy"] for r in per_task["test"]]
+                rec.records.append(record)
+                rec.epoch_task_acc.append(test_acc)
+                if last:
+                    rec.matrix[t] = test_acc
+                    rec.task_wall.append(time.perf_counter() - t0)
+                    for name, values in learner.task_metrics(run.state).items():
+                        rec.task_metrics.setdefault(name, {})[t] = [float(v) for v in values]
+                run.records = rec.records
+                for cb in callbacks:
+                    cb.on_epoch_end(run, record)
+                save()
+    except TrainingDiverged:
+        run.status = "diverged"
+        save()
+        raise
+    finally:
+        attrs["peak_memory_total"] = memory.stop()
+        for cb in callbacks:
+            cb.on_fit_end(run)
+    run.status = "complete"
+    return FitResult(state=run.state, results=save(), run=run)
+
+
+def _train_subset(pair, limit, seed):
+    x, y = pair
+    if limit and len(x) > limit:
+        pick = torch.from_numpy(np.random.default_rng([seed, 2]).choice(len(x), limit, replace=False))
+        return x[pick], y[pick]
+    return x, y
+
+
+def continual_dataset(rec: ContinualRecorder, *, coords: dict, attrs: dict) -> xr.Dataset:
+    """The per-epoch Dataset of `experiments.recording` plus the continual variables."""
+    ds = results_dataset(rec.records, coords=coords, attrs=attrs) if rec.records else \
+        xr.Dataset(coords=coords, attrs=attrs)
+    tasks = np.arange(rec.n_tasks)
+    ds = ds.assign_coords(trained_task=tasks, eval_task=tasks)
+    ds["task_accuracy"] = (("trained_task", "eval_task"), rec.matrix.copy())
+    ds["task_accuracy"].attrs["description"] = "test accuracy on eval_task after training trained_task"
+    if rec.epoch_task_acc:
+        ds["epoch_task_accuracy"] = (("epoch", "eval_task"), np.array(rec.epoch_task_acc))
+    wall = np.full(rec.n_tasks, np.nan)
+    wall[:len(rec.task_wall)] = rec.task_wall
+    ds["task_wall_time"] = (("trained_task",), wall)
+    if rec.task_metrics:
+        n_layers = max(len(v) for per_task in rec.task_metrics.values() for v in per_task.values())
+        ds = ds.assign_coords(layer=np.arange(n_layers))
+        for name, per_task in rec.task_metrics.items():
+            arr = np.full((rec.n_tasks, n_layers), np.nan)
+            for t, values in per_task.items():
+                arr[t, :len(values)] = values
+            ds[f"task_{name}"] = (("trained_task", "layer"), arr)
+    return ds
+
+
+def stream_config(cfg_stream) -> StreamConfig:
+    """A `StreamConfig` from the config's ``stream`` mapping, naming unknown keys."""
+    params = dict(cfg_stream)
+    known = {f.name for f in dataclasses.fields(StreamConfig)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"stream has no key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return StreamConfig(**params)
+
+
+def run_from_config(cfg, learner, data, network, loop, *, out_dir=None, coords=None, attrs=None) -> FitResult:
+    """Entry point of the app when the root config key ``stream`` is set."""
+    from omegaconf import OmegaConf
+    stream_cfg = stream_config(OmegaConf.to_container(cfg.stream, resolve=True))
+    stream = build_stream(stream_cfg, data, seed=int(cfg.seed))
+    return run_stream(learner, network, stream, loop=loop, epochs_per_task=stream_cfg.epochs_per_task,
+                      seed=int(cfg.seed), out_dir=out_dir, coords=coords, attrs=attrs)

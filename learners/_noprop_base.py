@@ -1,0 +1,149 @@
+"""What the NoProp learners (DT, CT, FM and the same-architecture backprop baseline) share.
+
+Hyperparameters common to all variants, building the model from the run's
+`NetworkSpec`, seeded randomness, the prototype embedding, the optimiser step and
+stochastic inference averaged over runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from experiments.errors import ConfigError
+from learners._noprop_blocks import EMBEDDINGS, NoPropModel, build_model
+from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
+from learners.base import Learner, TorchState, evaluating
+
+
+def check_choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not known; allowed: {', '.join(map(str, allowed))}")
+
+
+def check_positive(key: str, value, minimum=1) -> None:
+    if not value >= minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoPropBase(Learner):
+    """Fields every NoProp variant has.
+
+    ``embedding``: one_hot (fixed, d = classes), learned (d = ``embedding_dim``,
+    orthogonal init) or prototype (d = input size, initialised with each class's
+    most central image). ``head_widths``: the block's FC layers after the
+    concatenation (empty = one layer as wide as the trunk). ``batch_norm``: None
+    keeps the network spec's setting. ``inference_runs``: stochastic inference
+    runs averaged by ``predict`` (and whose spread ``block_metrics`` records).
+    ``detach_target``: stop the gradient into W_Embed through the MSE target u_y
+    (spec open question 2; the default lets it flow through every term).
+    """
+
+    embedding: str = "one_hot"
+    embedding_dim: int = 20
+    head_widths: tuple[int, ...] = ()
+    batch_norm: bool | None = None
+    inference_runs: int = 1
+    detach_target: bool = False
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3,
+                                                                               weight_decay=1e-3))
+
+    # ------------------------------------------------------------------ set-up
+    def check(self) -> None:
+        check_choice("embedding", self.embedding, EMBEDDINGS)
+        check_positive("embedding_dim", self.embedding_dim)
+        check_positive("inference_runs", self.inference_runs)
+        for w in self.head_widths:
+            check_positive("head_widths[]", w)
+
+    def build(self, network, data_info, seed, **kwargs) -> NoPropModel:
+        self.check()
+        if data_info.task != "classification":
+            raise ConfigError(f"learner {self.name!r} does classification only, not {data_info.task}")
+        spec = network.spec
+        return build_model(spec, embedding=self.embedding, embedding_dim=self.embedding_dim, seed=seed,
+                           head_widths=self.head_widths, batch_norm=self.batch_norm, **kwargs)
+
+    def make_state(self, model: NoPropModel, data_info, seed: int, param_groups: list[list[torch.Tensor]],
+                   **extra) -> TorchState:
+        """One optimiser (and schedule) per parameter group, in the order the update steps them."""
+        model = model.to(data_info.device)
+        optimizers = [fast_optimizer(group, self.optimizer) for group in param_groups]
+        schedulers = [make_scheduler(opt, self.optimizer, data_info.total_steps) for opt in optimizers]
+        return TorchState(network=model, extra={
+            "optimizers": optimizers, "schedulers": schedulers, "seed": int(seed),
+            "total_steps": int(data_info.total_steps), "prototypes_set": self.embedding != "prototype",
+            **extra})
+
+    # --------------------------------------------------------------- randomness
+    @staticmethod
+    def generator(state, purpose: int, device) -> torch.Generator:
+        """A generator determined by (seed, step, purpose): the state stays a pure record."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed((state.extra["seed"] * 1_000_003 + state.step) * 8 + purpose)
+        return gen
+
+    def begin_update(self, state, x, y) -> torch.Generator:
+        if not state.extra["prototypes_set"]:
+            # Departure (§2.2.1): the paper picks each class's prototype from the whole training set;
+            # a learner only sees batches, so the first batch's most central image per class is used.
+            state.network.embedding.set_prototypes(x, y)
+            state.extra["prototypes_set"] = True
+        state.network.train()
+        return self.generator(state, 0, x.device)
+
+    def end_update(self, state) -> None:
+        for sched in state.extra["schedulers"]:
+            sched.step()
+        state.step += 1
+
+    def step_group(self, state, index: int, loss: torch.Tensor) -> None:
+        opt = state.extra["optimizers"][index]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    # --------------------------------------------------------------- inference
+    def final_evaluation(self, state) -> bool:
+        """True once training is over: CT/FM then integrate with their full step count."""
+        return state.step >= state.extra["total_steps"]
+
+    def sample_scores(self, state, x, gen, **kwargs) -> torch.Tensor:
+        """Class scores (log-probabilities) of one stochastic inference run."""
+        raise NotImplementedError
+
+    def predict(self, state, x):
+        gen = self.generator(state, 1, x.device)
+        with evaluating(state.network):
+            probs = sum(self.sample_scores(state, x, gen).softmax(1) for _ in range(self.inference_runs))
+        return torch.log(probs / self.inference_runs + 1e-12)
+
+    def run_spread(self, state, x, y, **kwargs) -> dict[str, list[float]]:
+        """Mean and spread of accuracy over ``inference_runs`` single runs (paper Table 1 averages 5)."""
+        gen = self.generator(state, 2, x.device)
+        with evaluating(state.network):
+            accs = torch.tensor([(self.sample_scores(state, x, gen, **kwargs).argmax(1) == y).float().mean().item()
+                                 for _ in range(self.inference_runs)])
+        return {"run_accuracy": [accs.mean().item()], "run_accuracy_std": [accs.std(unbiased=False).item()]}
+
+
+def fast_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """`make_optimizer`, but Adam/AdamW in torch's fused form.
+
+    NoProp-DT steps two optimisers per block per batch (Algorithm 1), so the
+    per-tensor Python loop of the default Adam dominated a CPU step; the fused
+    kernel is the same algorithm, about 6x faster here.
+    """
+    params = list(params)
+    if cfg.name == "sgd" or not params:
+        return make_optimizer(params, cfg)
+    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
+
+
+def softmax_mix(logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """û = softmax(logits) · W_Embed: a convex combination of the class embeddings (§2.3.2)."""
+    return F.softmax(logits, dim=1) @ weight
+

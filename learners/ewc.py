@@ -1,0 +1,136 @@
+r"""Elastic weight consolidation (Kirkpatrick et al., PNAS 2017) on top of backprop.
+
+After each task the diagonal Fisher information of the parameters is estimated
+on that task's training data and the parameters are anchored:
+
+.. math::  L(\theta) = L_{task}(\theta) + \frac{\lambda}{2} \sum_i F_i (\theta_i - \theta^*_i)^2
+
+with :math:`F_i = \frac{1}{n}\sum_{s} (\partial_i \log p(y_s|x_s,\theta^*))^2` over
+``fisher_samples`` samples, one gradient per sample (``fisher: empirical`` uses the
+true labels y_s; ``fisher: true`` samples y_s from the model's own prediction, as the
+paper defines it). Several tasks are consolidated the "online" way (Schwarz et al.
+2018): :math:`F \leftarrow \gamma F + F_t` and :math:`\theta^* \leftarrow \theta_t`, one
+penalty instead of one per task (``gamma = 1`` sums the Fishers). On a single task
+(no ``end_task`` yet) this is exactly `backprop`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from experiments.errors import ConfigError
+from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
+from learners.backprop import task_loss
+from learners.base import Learner, Tags, TorchState, evaluating, register
+
+FISHERS = ("empirical", "true")
+
+
+@register("ewc")
+@dataclass(frozen=True, kw_only=True)
+class EWC(Learner):
+    """Backprop plus a quadratic penalty anchoring the parameters important to earlier tasks."""
+
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
+    ewc_lambda: float = 100.0
+    fisher: str = "empirical"         # empirical | true
+    fisher_samples: int = 1000        # per task (a seeded subset of its training data)
+    gamma: float = 1.0                # decay of earlier tasks' Fisher (online EWC); 1 = sum
+
+    tags = Tags(locality="global", crosses_blocks=True, backend="torch")
+    contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
+
+    def init(self, network, data_info, seed):
+        if self.fisher not in FISHERS:
+            raise ConfigError(f"ewc.fisher={self.fisher!r} is not known; allowed: {', '.join(FISHERS)}")
+        if self.ewc_lambda < 0:
+            raise ConfigError(f"ewc.ewc_lambda={self.ewc_lambda} must be >= 0")
+        network = network.to(data_info.device)
+        opt = make_optimizer(network.parameters(), self.optimizer)
+        state = TorchState(network=network)
+        state.extra = {"optimizer": opt, "scheduler": make_scheduler(opt, self.optimizer, data_info.total_steps),
+                       "fisher": None, "anchor": None, "seed": seed, "tasks_done": 0}
+        return state
+
+    def penalty(self, state) -> torch.Tensor | None:
+        fisher, anchor = state.extra["fisher"], state.extra["anchor"]
+        if fisher is None or self.ewc_lambda == 0:
+            return None
+        total = sum((f * (p - a) ** 2).sum() for p, f, a in zip(state.network.parameters(), fisher, anchor))
+        return 0.5 * self.ewc_lambda * total
+
+    def update(self, state, batch):
+        x, y = batch
+        opt = state.extra["optimizer"]
+        state.network.train()
+        loss = task_loss(state.network(x), y, "classification")
+        penalty = self.penalty(state)
+        total = loss if penalty is None else loss + penalty
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        state.extra["scheduler"].step()
+        state.step += 1
+        metrics = {"loss": loss.item()}
+        if penalty is not None:
+            metrics["ewc_penalty"] = penalty.item()
+        return state, metrics
+
+    def predict(self, state, x):
+        with evaluating(state.network) as net:
+            return net(x)
+
+    def end_task(self, state, task):
+        """Consolidate: add this task's diagonal Fisher and move the anchor to the current weights."""
+        x = getattr(task, "x_train", None)
+        if x is None or len(x) == 0:
+            return state
+        rng = np.random.default_rng([state.extra["seed"], 31, state.extra["tasks_done"]])
+        pick = rng.choice(len(x), min(self.fisher_samples, len(x)), replace=False)
+        device = next(state.network.parameters()).device
+        xs = torch.as_tensor(np.ascontiguousarray(x[pick]), device=device)
+        ys = torch.as_tensor(np.asarray(task.y_train)[pick], device=device)
+        fisher_t = diagonal_fisher(state.network, xs, ys, mode=self.fisher, seed=int(rng.integers(2**31)))
+        old = state.extra["fisher"]
+        state.extra["fisher"] = fisher_t if old is None else [self.gamma * f + ft for f, ft in zip(old, fisher_t)]
+        state.extra["anchor"] = [p.detach().clone() for p in state.network.parameters()]
+        state.extra["tasks_done"] += 1
+        return state
+
+    def task_metrics(self, state):
+        fisher = state.extra["fisher"]
+        if fisher is None:
+            return {}
+        return {"fisher_mean": [float(f.mean()) for f in fisher]}
+
+
+def diagonal_fisher(network, x, y, *, mode="empirical", seed=0, chunk=256) -> list[torch.Tensor]:
+    """Mean over samples of the squared per-sample gradient of log p(y|x), per parameter tensor."""
+    from torch.func import functional_call, grad, vmap
+    params = {k: v.detach() for k, v in network.named_parameters()}
+    was_training = network.training
+    network.eval()
+
+    def log_prob(p, xi, yi):
+        logits = functional_call(network, p, (xi[None],))
+        return F.log_softmax(logits, dim=1)[0].gather(0, yi[None])[0]
+
+    per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0))
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    try:
+        for i in range(0, len(x), chunk):
+            xb, yb = x[i:i + chunk], y[i:i + chunk]
+            if mode == "true":
+                with torch.no_grad():
+                    probs = F.softmax(network(xb), dim=1)
+                yb = torch.multinomial(probs, 1, generator=gen)[:, 0]
+            grads = per_sample(params, xb, yb)
+            for k in total:
+                total[k] += (grads[k] ** 2).sum(0)
+    finally:
+        network.train(was_training)
+    return [total[k] / len(x) for k, _ in network.named_parameters()]

@@ -1,0 +1,326 @@
+"""LLS: local learning with a fixed periodic basis (Apolinario, Roy, Roy, WACV 2025, arXiv 2405.15868).
+
+Every block is trained by its own softmax cross-entropy on
+
+    logits = B u_hat / tau,    u_hat = pool(a) / ||pool(a)||_2,
+
+where ``a`` is the block's activity computed from a detached input, ``pool`` an adaptive
+average pooling (s x s for conv maps, identity for linear blocks) and ``B`` a fixed C x D
+periodic basis (`learners._lls_basis`), so plain LLS adds no trainable parameter. LLS-M
+scales the logits by a learnable C-vector, LLS-MxM mixes them with a learnable C x C matrix.
+The network's head is trained by cross-entropy on the detached last block output and is
+what predicts. Follows mapolinario94/LLS-DNN (models/layers/lls_layers.py), including its
+ablations: a fixed random matrix (``random_basis``) and a learnable local classifier
+(``local_classifier``, the Nøkland-style local-loss baseline), both on un-normalised activity.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experiments.errors import ConfigError
+from learners._lls_basis import WAVEFORMS, periodic_basis
+from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler, schedule_free_mode
+from learners.base import LayerwiseLearner, Tags, TorchState, evaluating, register
+
+VARIANTS = ("lls", "lls_m", "lls_mxm", "lls_mxm_reduced", "random_basis", "local_classifier")
+SCHEDULES = ("simultaneous", "greedy")
+_POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+class LocalHead(nn.Module):
+    """Pooled block activity -> local logits for one block.
+
+    The fixed matrix (periodic basis or random matrix) is a buffer, never a parameter;
+    the only parameters are the modulation of LLS-M / LLS-MxM or the learnable local
+    classifier.
+    """
+
+    def __init__(self, variant: str, fixed: torch.Tensor | None, learnable: torch.Tensor | None,
+                 temperature: float):
+        super().__init__()
+        self.variant, self.temperature = variant, temperature
+        self.normalize = variant not in ("random_basis", "local_classifier")
+        if fixed is not None:
+            self.register_buffer("basis", fixed)
+        else:
+            self.basis = None
+        self.learnable = nn.Parameter(learnable) if learnable is not None else None
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            u = F.normalize(u, dim=1)
+        if self.variant == "local_classifier":
+            return u @ self.learnable.T / self.temperature
+        z = u @ self.basis.T
+        if self.variant == "lls_m":
+            z = self.learnable * z
+        elif self.variant in ("lls_mxm", "lls_mxm_reduced"):
+            z = z @ self.learnable
+        return z / self.temperature
+
+
+@register("lls")
+@dataclass(frozen=True, kw_only=True)
+class LLS(LayerwiseLearner):
+    """Blockwise cross-entropy against a fixed periodic basis; the head trains on detached features.
+
+    ``variant``: lls | lls_m (C-vector modulation) | lls_mxm (C x C) | lls_mxm_reduced (a basis
+    of ``reduced_rows`` rows and a reduced_rows x C matrix) | random_basis (fixed 0.1 N(0, 1)
+    matrix, no normalisation) | local_classifier (learnable 0.1 N(0, 1) matrix, no normalisation).
+    ``first_conv_pool`` / ``conv_pool``: side s of the s x s average pooling of conv activity
+    (first conv block / the others); ``linear_pool``: 0 keeps a linear block's features as they
+    are, n > 0 average-pools (or up-samples) them to n. Pooling acts on the block's activity
+    before the block's own max/average pooling layer, as in the reference, where pooling
+    follows the LLS layer. With a schedule-free optimiser, evaluation uses its averaged weights
+    after ``bn_refresh_batches`` recent training batches refresh the batch-norm statistics.
+    ``schedule``: simultaneous (every block steps on every batch) or greedy (block k trains
+    during the k-th equal share of the steps, then stays frozen).
+    """
+
+    variant: str = "lls"
+    waveform: str = "square"
+    min_freq: float = 50.0
+    max_freq: float = 512.0
+    temperature: float = 0.5
+    label_smoothing: float = 0.0
+    first_conv_pool: int = 4
+    conv_pool: int = 2
+    linear_pool: int = 0
+    reduced_rows: int = 20
+    optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(name="adamw_schedulefree", lr=5e-3))
+    bn_refresh_batches: int = 50
+    schedule: str = "simultaneous"
+
+    tags = Tags(locality="blockwise", crosses_blocks=False, backend="torch")
+    contract_epochs = 30
+
+    # ------------------------------------------------------------------ setup
+
+    def _check(self):
+        for key, value, allowed in (("variant", self.variant, VARIANTS), ("waveform", self.waveform, WAVEFORMS),
+                                    ("schedule", self.schedule, SCHEDULES)):
+            if value not in allowed:
+                raise ConfigError(f"lls.{key}={value!r} is not known; allowed: {', '.join(allowed)}")
+        if not self.temperature > 0:
+            raise ConfigError(f"lls.temperature must be positive, got {self.temperature}")
+        for key in ("first_conv_pool", "conv_pool", "reduced_rows"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"lls.{key} must be >= 1, got {getattr(self, key)}")
+        if self.linear_pool < 0 or self.bn_refresh_batches < 0:
+            raise ConfigError(f"lls.linear_pool and lls.bn_refresh_batches must be >= 0, got "
+                              f"{self.linear_pool}, {self.bn_refresh_batches}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"lls.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.optimizer.name == "adamw_schedulefree" and self.optimizer.schedule != "constant":
+            raise ConfigError(f"lls.optimizer.schedule={self.optimizer.schedule!r}: adamw_schedulefree replaces "
+                              "the schedule; use schedule=constant (warmup_steps is allowed)")
+
+    def pool_sizes(self, network) -> list[int]:
+        """s per block: first_conv_pool for the first conv block, conv_pool for later ones,
+        linear_pool (0 = identity) for linear blocks."""
+        sizes, n_conv = [], 0
+        for shape in network.block_shapes:
+            if len(shape) == 3:
+                sizes.append(self.first_conv_pool if n_conv == 0 else self.conv_pool)
+                n_conv += 1
+            else:
+                sizes.append(self.linear_pool)
+        return sizes
+
+    def init(self, network, data_info, seed):
+        self._check()
+        if data_info.task != "classification":
+            raise ConfigError(f"lls trains classifiers; got task {data_info.task!r}")
+        if network.head is None:
+            raise ConfigError("lls predicts with the network's head: build the network with head=True")
+        network = network.to(data_info.device)
+        n_classes = data_info.n_classes
+        splits = [_pool_split(block) for block in network.blocks]
+        sizes = self.pool_sizes(network)
+        dims = _local_dims(network, splits, sizes, data_info.input_shape, data_info.device)
+        gen = torch.Generator().manual_seed(int(seed) + 4_000_003)
+        heads = nn.ModuleList([self._make_head(n_classes, d, gen) for d in dims]).to(data_info.device)
+        optimizers = [make_optimizer(list(block.parameters()) + list(head.parameters()), self.optimizer)
+                      for block, head in zip(network.blocks, heads)]
+        optimizers.append(make_optimizer(network.head.parameters(), self.optimizer))
+        schedulers = [None if is_schedule_free(opt) else make_scheduler(opt, self.optimizer, data_info.total_steps)
+                      for opt in optimizers]
+        state = TorchState(network=network)
+        state.extra = {"heads": heads, "optimizers": optimizers, "schedulers": schedulers, "splits": splits,
+                       "pool_sizes": sizes, "total_steps": data_info.total_steps,
+                       "refresh": collections.deque(maxlen=max(self.bn_refresh_batches, 1)),
+                       "eval_point": False, "refreshed_at": None,
+                       "has_bn": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())}
+        return state
+
+    def _make_head(self, n_classes: int, dim: int, gen: torch.Generator) -> LocalHead:
+        v = self.variant
+        if v in ("lls", "lls_m", "lls_mxm"):
+            basis, learnable = periodic_basis(n_classes, dim, self.waveform, self.min_freq, self.max_freq), None
+            if v == "lls_m":
+                learnable = 0.01 * torch.randn(n_classes, generator=gen)
+            elif v == "lls_mxm":
+                learnable = 0.01 * torch.randn(n_classes, n_classes, generator=gen)
+        elif v == "lls_mxm_reduced":
+            basis = periodic_basis(self.reduced_rows, dim, self.waveform, self.min_freq, self.max_freq)
+            learnable = 0.01 * torch.randn(self.reduced_rows, n_classes, generator=gen)
+        elif v == "random_basis":
+            # The reference draws C x hidden_dim (2048 for VGG8) and average-pools the matrix to D;
+            # drawing C x D directly is the same for SmallConv, where hidden_dim = D.
+            basis, learnable = 0.1 * torch.randn(n_classes, dim, generator=gen), None
+        else:
+            basis, learnable = None, 0.1 * torch.randn(n_classes, dim, generator=gen)
+        return LocalHead(v, basis, learnable, self.temperature)
+
+    # --------------------------------------------------------------- training
+
+    def _to_train_point(self, state):
+        if state.extra["eval_point"]:
+            for opt in state.extra["optimizers"]:
+                schedule_free_mode(opt, train=True)
+            state.extra["eval_point"] = False
+
+    def first_input(self, state, batch):
+        self._to_train_point(state)
+        state.network.train()
+        x = batch[0]
+        if self.bn_refresh_batches and state.extra["has_bn"]:
+            # The reference refreshes batch norm with the first 50 batches of a new pass over the
+            # training set; the last batches seen are the same distribution and need no loader.
+            state.extra["refresh"].append(x)
+        return x
+
+    def blocks_to_update(self, state):
+        n = state.network.n_blocks
+        if self.schedule == "simultaneous":
+            return range(n)
+        phase = min(state.step * n // max(state.extra["total_steps"], 1), n - 1)
+        return range(phase, phase + 1)
+
+    def local_logits(self, state, i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block i on input ``h``: (its output, its local logits). Gradients stay inside block i."""
+        block, k = state.network.blocks[i], state.extra["splits"][i]
+        a = h
+        for m in block[:k]:
+            a = m(a)
+        out = a
+        for m in block[k:]:
+            out = m(out)
+        logits = state.extra["heads"][i](pool_activity(a, state.extra["pool_sizes"][i]))
+        return out, logits
+
+    def update_block(self, state, i, h, batch):
+        y = batch[1]
+        out, logits = self.local_logits(state, i, h.detach())
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        opt = state.extra["optimizers"][i]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if state.extra["schedulers"][i] is not None:
+            state.extra["schedulers"][i].step()
+        acc = (logits.detach().argmax(1) == y).float().mean()
+        return out.detach(), {"local_loss": loss.item(), "local_accuracy": acc.item()}
+
+    def after_blocks(self, state, h, batch):
+        net = state.network
+        last = max(self.blocks_to_update(state))
+        with torch.no_grad():  # greedy schedule: carry the batch through the blocks not trained yet
+            for j in range(last + 1, net.n_blocks):
+                h = net.run_block(j, h)
+        scores = net.head(h.detach())
+        loss = F.cross_entropy(scores, batch[1])
+        opt = state.extra["optimizers"][-1]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if state.extra["schedulers"][-1] is not None:
+            state.extra["schedulers"][-1].step()
+        return {"loss": loss.item()}
+
+    # ------------------------------------------------------------- evaluation
+
+    def prepare_eval(self, state) -> None:
+        """Schedule-free: move to the averaged weights and refresh batch norm (once per step)."""
+        ex = state.extra
+        if ex["refreshed_at"] == state.step and (ex["eval_point"] or not self._schedule_free(state)):
+            return
+        if self._schedule_free(state) and not ex["eval_point"]:
+            for opt in ex["optimizers"]:
+                schedule_free_mode(opt, train=False)
+            ex["eval_point"] = True
+            if ex["has_bn"] and self.bn_refresh_batches and ex["refresh"]:
+                net, was_training = state.network, state.network.training
+                net.train()
+                with torch.no_grad():
+                    for x in ex["refresh"]:
+                        for block in net.blocks:
+                            x = block(x)
+                net.train(was_training)
+        ex["refreshed_at"] = state.step
+
+    @staticmethod
+    def _schedule_free(state) -> bool:
+        return any(is_schedule_free(opt) for opt in state.extra["optimizers"])
+
+    def predict(self, state, x):
+        self.prepare_eval(state)
+        with evaluating(state.network) as net:
+            return net(x)
+
+    def block_metrics(self, state, x, y, batch_size: int = 1024):
+        """Local accuracy and loss of every block on (x, y), at the evaluation weights."""
+        self.prepare_eval(state)
+        n = state.network.n_blocks
+        correct, loss_sum = [0.0] * n, [0.0] * n
+        with evaluating(state.network), evaluating(state.extra["heads"]):
+            for start in range(0, len(x), batch_size):
+                h, yb = x[start:start + batch_size], y[start:start + batch_size]
+                for i in range(n):
+                    h, logits = self.local_logits(state, i, h)
+                    correct[i] += (logits.argmax(1) == yb).sum().item()
+                    loss_sum[i] += F.cross_entropy(logits, yb, reduction="sum").item()
+        return {"local_accuracy": [c / len(x) for c in correct], "local_loss": [s / len(x) for s in loss_sum]}
+
+    def block_parameters(self, state):
+        return [list(block.parameters()) + list(head.parameters())
+                for block, head in zip(state.network.blocks, state.extra["heads"])]
+
+
+def pool_activity(a: torch.Tensor, size: int) -> torch.Tensor:
+    """u of the paper: conv maps average-pooled to size x size and flattened (D = C s^2);
+    linear activity kept (size 0) or average-pooled to ``size`` features, which up-samples by
+    repetition when size exceeds the width (the reference's SmallConvL quirk)."""
+    if a.dim() == 4:
+        return F.adaptive_avg_pool2d(a, size).flatten(1)
+    a = a.flatten(1)
+    return a if size == 0 else F.adaptive_avg_pool1d(a.unsqueeze(1), size).squeeze(1)
+
+
+def _pool_split(block: nn.Module) -> int:
+    """Index of the trailing pooling layers of a block (len(block) when it has none)."""
+    layers = list(block)
+    k = len(layers)
+    while k > 0 and isinstance(layers[k - 1], _POOLING):
+        k -= 1
+    return k
+
+
+def _local_dims(network, splits, sizes, input_shape, device) -> list[int]:
+    """D of every block's local head, from one forward pass of a dummy batch."""
+    dims = []
+    with evaluating(network):
+        h = torch.zeros((2, *input_shape), device=device)
+        for block, k, s in zip(network.blocks, splits, sizes):
+            a = h
+            for m in block[:k]:
+                a = m(a)
+            dims.append(pool_activity(a, s).shape[1])
+            h = block(h)
+    return dims

@@ -1,0 +1,118 @@
+"""NoProp-CT (Li, Teh, Pascanu 2025, §2.3, Eq. 9, Algorithm 2, App. B): continuous time, learned schedule.
+
+One network û_θ(z_t, x, t) is trained on samples t ~ U(0, 1), z_t ~ q(z_t|y):
+
+    L = CE(θ_out(z_1), y) + KL(q(z_0|y) ‖ N(0, I)) + (η/2) SNR'(t) ‖û_θ(z_t, x, t) − u_y‖²
+
+with SNR(t) = exp(−γ(t)) from the learned monotone schedule (Eq. 65–67) and
+SNR'(t) by autograd; θ, θ_out, the schedule ψ and W_Embed take one step. No
+gradient crosses time steps; inside the one network it is ordinary backprop.
+Inference integrates from noise on an ``inference_steps`` grid (paper: 1000).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from experiments.errors import ConfigError
+from learners._noprop_base import NoPropBase, check_choice, check_positive, softmax_mix
+from learners._noprop_schedules import (LearnedSchedule, kl_to_standard_normal, posterior_coefficients,
+                                        sample_marginal)
+from learners.base import Tags, register
+
+INTEGRATORS = ("ancestral", "ddim")
+
+
+@register("noprop_ct")
+@dataclass(frozen=True, kw_only=True)
+class NoPropCT(NoPropBase):
+    """NoProp-CT. ``eta`` (paper: 1) weighs the denoising term; ``time_dim`` is the size of
+    t's positional embedding; ``schedule_hidden``, ``gamma_noise_init`` (γ(0)) and
+    ``gamma_label_init`` (γ(1)) set up the learned schedule. ``integrator``: ``ancestral``
+    (Eq. 3 on the grid, stochastic) or ``ddim`` (deterministic probability flow).
+    ``inference_steps`` (paper: 1000) is used once training is over; ``eval_steps`` for the
+    per-epoch evaluations before that. ``batch_norm`` defaults to off: the paper's CT model
+    has no BatchNorm (Fig. 6 caption)."""
+
+    eta: float = 1.0
+    time_dim: int = 32
+    schedule_hidden: int = 64
+    gamma_noise_init: float = 7.0
+    gamma_label_init: float = -7.0
+    integrator: str = "ancestral"
+    inference_steps: int = 1000
+    eval_steps: int = 20
+    batch_norm: bool | None = False
+
+    tags = Tags(locality="global", crosses_blocks=True, backend="torch")
+    contract_params = {"optimizer": {"name": "adam", "lr": 0.005, "weight_decay": 1e-3},
+                       "inference_steps": 50}
+    contract_epochs = 20
+
+    def init(self, network, data_info, seed):
+        check_choice("integrator", self.integrator, INTEGRATORS)
+        for key in ("time_dim", "schedule_hidden", "inference_steps", "eval_steps"):
+            check_positive(key, getattr(self, key))
+        if not self.eta > 0:
+            raise ConfigError(f"eta must be positive, got {self.eta!r}")
+        if not self.gamma_noise_init > self.gamma_label_init:
+            raise ConfigError(f"gamma_noise_init={self.gamma_noise_init} must exceed gamma_label_init="
+                              f"{self.gamma_label_init}: γ decreases from noise (t=0) to label (t=1)")
+        schedule = LearnedSchedule(hidden=self.schedule_hidden, gamma_noise=self.gamma_noise_init,
+                                   gamma_label=self.gamma_label_init, seed=seed)
+        model = self.build(network, data_info, seed, n_blocks=1, time_dim=self.time_dim, schedule=schedule)
+        return self.make_state(model, data_info, seed, [list(model.parameters())])
+
+    def block_parameters(self, state):
+        # One shared network: its weight layers are the blocks the contract suite perturbs.
+        return [list(m.parameters()) for m in state.network.blocks[0].weight_layers()]
+
+    def loss(self, state, x, y, gen):
+        model = state.network
+        u = model.embedding(y)
+        target = u.detach() if self.detach_target else u
+        t = torch.rand(len(x), generator=gen, device=x.device)
+        snr_t, snr_prime = model.schedule.snr_and_derivative(t)
+        alpha_bar_t = (snr_t / (1 + snr_t)).unsqueeze(1)
+        z_t = sample_marginal(u, alpha_bar_t, gen)
+        u_hat = softmax_mix(model.blocks[0](x, z_t, t), model.embedding.weight)
+        sq_err = ((u_hat - target) ** 2).sum(1)
+        denoise = (self.eta / 2 * snr_prime * sq_err).mean()
+        ends = model.schedule.alpha_bar(torch.tensor([0.0, 1.0], device=x.device))
+        ce = F.cross_entropy(model.classifier(sample_marginal(u, ends[1], gen)), y)
+        kl = kl_to_standard_normal(u, ends[0]).mean()
+        return ce + kl + denoise, {"denoise_loss": sq_err.mean().item(), "ce": ce.item(),
+                                   "alpha_bar_0": ends[0].item(), "alpha_bar_1": ends[1].item()}
+
+    def update(self, state, batch):
+        x, y = batch
+        gen = self.begin_update(state, x, y)
+        loss, metrics = self.loss(state, x, y, gen)
+        self.step_group(state, 0, loss)
+        self.end_update(state)
+        return state, {"loss": loss.item(), **metrics}
+
+    def sample_scores(self, state, x, gen, steps: int | None = None):
+        model = state.network
+        steps = steps or (self.inference_steps if self.final_evaluation(state) else self.eval_steps)
+        W = model.embedding.weight
+        grid = torch.linspace(0, 1, steps + 1, device=x.device)
+        alpha_bar = model.schedule.alpha_bar(grid)
+        block = model.blocks[0]
+        hx = block.features(x)
+        z = torch.randn(len(x), W.shape[1], generator=gen, device=x.device)
+        for k in range(1, steps + 1):
+            u_hat = softmax_mix(block(None, z, grid[k - 1].expand(len(x)), hx=hx), W)
+            if self.integrator == "ddim":
+                eps = (z - alpha_bar[k - 1].sqrt() * u_hat) / (1 - alpha_bar[k - 1]).sqrt()
+                z = alpha_bar[k].sqrt() * u_hat + (1 - alpha_bar[k]).sqrt() * eps
+            else:
+                # Eq. 3 between neighbouring grid points (spec's recommended CT integrator)
+                a, b, c = posterior_coefficients(alpha_bar[k - 1], alpha_bar[k])
+                z = a * u_hat + b * z + c.sqrt() * torch.randn(z.shape, generator=gen, device=z.device)
+        return F.log_softmax(model.classifier(z), dim=1)
+
+    def block_metrics(self, state, x, y):
+        return self.run_spread(state, x, y)

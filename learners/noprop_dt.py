@@ -1,0 +1,142 @@
+"""NoProp-DT (Li, Teh, Pascanu 2025, §2.1–2.3, Algorithm 1): T blocks, each trained alone to denoise.
+
+Block t sees the raw input x and z_{t−1} drawn in closed form from q(z_{t−1}|y)
+(never another block's output) and is trained on Eq. 61:
+
+    L_t = CE(θ_out(z_T), y) + KL(q(z_0|y) ‖ N(0, I)) + (T η / 2) (SNR(t) − SNR(t−1)) ‖û_θt(z_{t−1}, x) − u_y‖²
+
+stepping {θ_t, θ_out, W_Embed}. Inference chains the blocks from Gaussian noise (Eq. 3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from experiments.errors import ConfigError
+from learners._noprop_base import NoPropBase, check_choice, check_positive, softmax_mix
+from learners._noprop_schedules import (cosine_alpha_bar, kl_to_standard_normal, posterior_coefficients,
+                                        sample_marginal, snr)
+from learners._optim import OptimizerConfig
+from learners.base import Tags, evaluating, register
+
+
+BLOCK_SCHEDULES = ("all", "random")
+
+
+@register("noprop_dt")
+@dataclass(frozen=True, kw_only=True)
+class NoPropDT(NoPropBase):
+    """NoProp-DT. ``n_blocks`` is T; ``eta`` weighs the denoising term (paper: 0.1);
+    ``cosine_offset`` is s of the cosine schedule (see `cosine_alpha_bar`).
+    ``block_schedule``: ``all`` trains every block on every batch (Algorithm 1's
+    block loop, interleaved per batch instead of one epoch per block: the same
+    updates per sample); ``random`` trains one block t ~ U{1..T} per batch, the
+    paper's alternative (§4, App. A.4), T times cheaper per epoch."""
+
+    n_blocks: int = 10
+    block_schedule: str = "all"
+    eta: float = 0.1
+    cosine_offset: float = 0.008
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-3,
+                                                                               weight_decay=1e-3))
+
+    tags = Tags(locality="blockwise", crosses_blocks=False, backend="torch")
+    contract_params = {"n_blocks": 3, "optimizer": {"name": "adamw", "lr": 0.005, "weight_decay": 1e-3}}
+    contract_epochs = 20
+
+    def init(self, network, data_info, seed):
+        check_positive("n_blocks", self.n_blocks)
+        check_choice("block_schedule", self.block_schedule, BLOCK_SCHEDULES)
+        if not self.eta > 0:
+            raise ConfigError(f"eta must be positive, got {self.eta!r}")
+        model = self.build(network, data_info, seed, n_blocks=self.n_blocks)
+        alpha_bar = cosine_alpha_bar(self.n_blocks, s=self.cosine_offset)
+        a, b, c = posterior_coefficients(alpha_bar[:-1], alpha_bar[1:])
+        # Algorithm 1: each block's step moves {θ_t, θ_out, W_Embed}; the shared group is stepped after
+        # every block's loss, so it is the last optimiser.
+        groups = [list(block.parameters()) for block in model.blocks] + [model.shared_parameters()]
+        as_f32 = lambda v: v.to(torch.float32).to(data_info.device)
+        return self.make_state(model, data_info, seed, groups, alpha_bar=as_f32(alpha_bar),
+                               snr=as_f32(snr(alpha_bar)), a=as_f32(a), b=as_f32(b), c=as_f32(c))
+
+    # ------------------------------------------------------------------ training
+    def block_loss(self, state, t: int, x, y, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_t of Eq. 61 for block t in 1..T and its unweighted denoising error ‖û − u_y‖².
+
+        Reads only block t (plus θ_out and W_Embed): z_{t−1} and z_T are sampled
+        independently from their marginals (Algorithm 1's "sample z_{t,i}" read as a typo).
+        """
+        model, ex = state.network, state.extra
+        T = model.n_blocks
+        u = model.embedding(y)
+        target = u.detach() if self.detach_target else u
+        z_prev = sample_marginal(u, ex["alpha_bar"][t - 1], gen)
+        u_hat = softmax_mix(model.blocks[t - 1](x, z_prev), model.embedding.weight)
+        sq_err = ((u_hat - target) ** 2).sum(1).mean()
+        weight = T * self.eta / 2 * (ex["snr"][t] - ex["snr"][t - 1])
+        z_T = sample_marginal(u, ex["alpha_bar"][T], gen)
+        ce = F.cross_entropy(model.classifier(z_T), y)
+        kl = kl_to_standard_normal(u, ex["alpha_bar"][0]).mean()
+        return ce + kl + weight * sq_err, sq_err
+
+    def update(self, state, batch):
+        x, y = batch
+        gen = self.begin_update(state, x, y)
+        T = state.network.n_blocks
+        metrics = {}
+        total = 0.0
+        if self.block_schedule == "all":
+            chosen = range(1, T + 1)
+        else:
+            chosen = [int(torch.randint(1, T + 1, (1,), generator=gen))]
+        for t in chosen:
+            loss, sq_err = self.block_loss(state, t, x, y, gen)
+            opt_block, opt_shared = state.extra["optimizers"][t - 1], state.extra["optimizers"][T]
+            opt_block.zero_grad(set_to_none=True)
+            opt_shared.zero_grad(set_to_none=True)
+            loss.backward()   # frees block t's graph before block t+1 is run: one block's activations at a time
+            opt_block.step()
+            opt_shared.step()
+            metrics[f"denoise_loss/{t - 1}"] = sq_err.item()
+            total += loss.item()
+        metrics["loss"] = total / len(chosen)
+        self.end_update(state)
+        return state, metrics
+
+    # ------------------------------------------------------------------ inference
+    def chain(self, state, x, gen, hx=None) -> list[torch.Tensor]:
+        """z_1..z_T of Eq. 3 from z_0 ~ N(0, I): z_t = a_t û_θt(z_{t−1}, x) + b_t z_{t−1} + √c_t ε_t."""
+        model, ex = state.network, state.extra
+        W = model.embedding.weight
+        z = torch.randn(len(x), W.shape[1], generator=gen, device=x.device)
+        zs = []
+        for t in range(1, model.n_blocks + 1):
+            block = model.blocks[t - 1]
+            u_hat = softmax_mix(block(x, z) if hx is None else block(None, z, hx=hx[t - 1]), W)
+            noise = torch.randn(z.shape, generator=gen, device=z.device)
+            z = ex["a"][t - 1] * u_hat + ex["b"][t - 1] * z + ex["c"][t - 1].sqrt() * noise
+            zs.append(z)
+        return zs
+
+    def sample_scores(self, state, x, gen, **kwargs):
+        return F.log_softmax(state.network.classifier(self.chain(state, x, gen)[-1]), dim=1)
+
+    def block_metrics(self, state, x, y):
+        """Per block: accuracy of the chain stopped after it (mean and spread over inference runs),
+        and its denoising error on the validation split."""
+        model, ex = state.network, state.extra
+        gen = self.generator(state, 3, x.device)
+        with evaluating(model):
+            hx = [block.features(x) for block in model.blocks]
+            runs = torch.tensor([[(model.classifier(z).argmax(1) == y).float().mean().item()
+                                  for z in self.chain(state, x, gen, hx=hx)] for _ in range(self.inference_runs)])
+            u = model.embedding(y)
+            errors = []
+            for t in range(1, model.n_blocks + 1):
+                z_prev = sample_marginal(u, ex["alpha_bar"][t - 1], gen)
+                u_hat = softmax_mix(model.blocks[t - 1](None, z_prev, hx=hx[t - 1]), model.embedding.weight)
+                errors.append(((u_hat - u) ** 2).sum(1).mean().item())
+        return {"chain_accuracy": runs.mean(0).tolist(), "chain_accuracy_std": runs.std(0, unbiased=False).tolist(),
+                "denoise_loss": errors}

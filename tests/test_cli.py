@@ -1,0 +1,99 @@
+"""The `altlearn` command end to end, in subprocesses (as a user runs it)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis import collect
+
+
+class Outcome:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def altlearn(*args, cwd):
+    """Run the app in this process, as `altlearn ARGS` would (a subprocess would pay torch's import)."""
+    import contextlib
+    import io
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments.app import main
+    out, err = io.StringIO(), io.StringIO()
+    old_argv, old_cwd = sys.argv, os.getcwd()
+    sys.argv = ["altlearn", *args]
+    os.chdir(cwd)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+        GlobalHydra.instance().clear()
+    return Outcome(code, out.getvalue(), err.getvalue())
+
+
+def test_console_script_runs_as_a_process(tmp_path):
+    """One real subprocess: the installed entry point, its exit code and its error text."""
+    exe = Path(sys.executable).with_name("altlearn")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from experiments.app import main; main()"]
+    out = subprocess.run(cmd + ["learner=backprop", "data=nope"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode != 0 and "data/nope" in out.stderr
+
+
+FAST = ["loop.progress=false", "loop.n_epochs=2"]
+
+
+def test_single_run_writes_results(tmp_path):
+    out = altlearn("learner=backprop", "data=blobs", *FAST, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "backprop: test accuracy" in out.stdout
+    assert (tmp_path / "run" / "results.nc").is_file()
+
+
+def test_multirun_sweeps_seeds_and_collects(tmp_path):
+    out = altlearn("-m", "learner=backprop", "seed=0,1", "data=blobs", *FAST,
+                   f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    ds = collect(tmp_path / "sweep")
+    assert list(ds["seed"].values) == [0, 1]
+    assert ds["accuracy"].dims[0] == "seed"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["learner=nope"], "learner/nope"),
+    (["learner=backprop", "data=nope"], "data/nope"),
+    (["learner=backprop", "network=nope"], "network/nope"),
+    (["learner=backprop", "data=blobs", "+network.input_shape=[784]"], "does not match the data's input shape"),
+    (["learner=backprop", "learner.optimizer.name=rmsprop"], "optimizer.name='rmsprop'"),
+    (["learner=backprop", "data=blobs", "+data.options.sigma=1"], "no option(s) sigma"),
+    (["learner=backprop", "data=blobs", "data.options.n_train=400", "learner.optimizer.name=sgd",
+      "learner.optimizer.lr=1e7", "+data.options.noise=5.0"], "diverged"),
+])
+def test_bad_input_gives_clear_error_and_nonzero_exit(tmp_path, args, message):
+    out = altlearn(*args, "loop.progress=false", "loop.n_epochs=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode != 0
+    assert message in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_data_file_gives_clear_error(tmp_path):
+    out = altlearn("learner=backprop", "data=mnist", f"data.options.root={tmp_path}/empty",
+                   "data.options.download=false", "loop.progress=false", f"hydra.run.dir={tmp_path}/run",
+                   cwd=tmp_path)
+    assert out.returncode == 2
+    assert "train-images-idx3-ubyte.gz" in out.stderr and "ALTLEARN_DATA" in out.stderr
+
+
+def test_report_command_on_missing_folder(tmp_path, capsys):
+    from analysis.__main__ import main
+    assert main([str(tmp_path / "nothing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
