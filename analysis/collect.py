@@ -79,8 +79,10 @@ def collect(folder: str | Path, *, complete_only: bool = False) -> xr.Dataset:
 def _unstack(obj, keys):
     """Turn the ``run`` dim into one dim per key (a single key needs no multi-index)."""
     if len(keys) == 1:
-        return obj.swap_dims(run=keys[0]).sortby(keys[0])
-    return obj.set_index(run=keys).unstack("run")
+        out = obj.swap_dims(run=keys[0]).sortby(keys[0])
+    else:
+        out = obj.set_index(run=keys).unstack("run")
+    return out.transpose(*keys, ...)
 
 
 def _hashable(v):
