@@ -30,18 +30,22 @@ def learner_config(name: str, cfg: DictConfig | None = None) -> dict:
     return params
 
 
-def run_one(cfg: DictConfig, learner_params: dict, out_dir: Path, coords: dict | None = None):
-    """Train one learner as ``cfg`` says and write ``out_dir/results.nc``."""
+def load_data(cfg: DictConfig):
     from experiments.datasets import load_dataset
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    return load_dataset(data_cfg["name"], seed=int(cfg.seed), val_size=data_cfg.get("val_size"),
+                        normalize_=data_cfg.get("normalize"), **(data_cfg.get("options") or {}))
+
+
+def run_one(cfg: DictConfig, learner_params: dict, out_dir: Path, coords: dict | None = None, data=None):
+    """Train one learner as ``cfg`` says and write ``out_dir/results.nc``."""
     from experiments.fit import LoopConfig, fit
     from learners import make_learner
 
     params = dict(learner_params)
     name = params.pop("name")
     learner = make_learner(name, **params)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data = load_dataset(data_cfg["name"], seed=int(cfg.seed), val_size=data_cfg.get("val_size"),
-                        normalize_=data_cfg.get("normalize"), **(data_cfg.get("options") or {}))
+    data = load_data(cfg) if data is None else data
     loop = LoopConfig(**OmegaConf.to_container(cfg.loop, resolve=True))
     network = OmegaConf.to_container(cfg.network, resolve=True)
     attrs = {"config": OmegaConf.to_yaml(cfg, resolve=True)}
@@ -89,15 +93,22 @@ def task(cfg: DictConfig) -> None:
     if cfg.learner.name == "all":
         from learners import available_learners
         from learners.base import get_learner_class
-        from experiments.datasets import load_dataset  # noqa: F401  (fail early on a bad dataset)
-        names = [n for n in available_learners()
-                 if cfg.get("data_task", "classification") in get_learner_class(n).tags.tasks]
-        for name in names:
-            print(f"== {name}", file=sys.stderr, flush=True)
-            run_one(cfg, learner_config(name, cfg), out_dir / name, swept_coords(cfg))
+        data = load_data(cfg)
+        names = [n for n in available_learners() if data.task in get_learner_class(n).tags.tasks]
+        failures = []
+        for i, name in enumerate(names):
+            print(f"== [{i + 1}/{len(names)}] {name}", file=sys.stderr, flush=True)
+            try:
+                run_one(cfg, learner_config(name, cfg), out_dir / name, swept_coords(cfg), data=data)
+            except AltlearnError as err:  # one failing rule must not cost the others' results
+                print(f"altlearn: error in learner {name!r}: {err}", file=sys.stderr, flush=True)
+                failures.append(name)
         if cfg.report:
             from analysis.report import write_report
             print(write_report(out_dir, out_dir), flush=True)
+            print(f"figure and table: {out_dir / 'comparison.png'}, {out_dir / 'summary.md'}", flush=True)
+        if failures:
+            raise AltlearnError(f"{len(failures)} learner(s) failed: {', '.join(failures)} (see above)")
         return
     params = OmegaConf.to_container(cfg.learner, resolve=True)
     if cfg.get("learner_overrides") and cfg.learner.name in cfg.learner_overrides:
