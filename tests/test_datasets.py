@@ -122,3 +122,24 @@ def test_download_failure_falls_back_to_the_message(tmp_path, monkeypatch):
 def test_registry_lists_builtins():
     for name in ("blobs", "moons", "circles", "xor", "spirals", "digits", "mnist", "fashion_mnist", "mnist1d"):
         assert name in available_datasets()
+
+
+def test_mnist1d_when_installed():
+    pytest.importorskip("mnist1d")
+    ds = load_dataset("mnist1d", seed=0)
+    assert ds.input_shape == (40,) and ds.n_classes == 10
+    assert len(ds.x_train) + len(ds.x_val) == 4000 and len(ds.x_test) == 1000
+
+
+def test_mnist1d_missing_package_is_explained(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_mnist1d(name, *args, **kwargs):
+        if name.startswith("mnist1d"):
+            raise ImportError("No module named 'mnist1d'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_mnist1d)
+    from experiments.errors import DataError
+    with pytest.raises(DataError, match=r"pip install 'altlearn\[mnist1d\]'"):
+        load_dataset("mnist1d")
