@@ -134,6 +134,8 @@ def continual_figure(ds: xr.Dataset, path, *, title: str = "", order=None):
         m = continual_metrics(sub.mean("seed") if "seed" in sub.dims else sub)
         image = accuracy_matrix_heatmap(sub, ax, title=f"{name}\nACC {100 * float(m.acc):.1f}  "
                                         f"BWT {100 * float(m.bwt):.1f}")
+    for ax in axes[1:-1]:
+        ax.set_ylabel("")
     if "learner" not in metrics.dims:
         metrics = metrics.expand_dims(learner=names)
     acc_bwt_bars(metrics, axes[-1], order=names)

@@ -144,7 +144,7 @@ def build_stream(cfg: StreamConfig, data: Dataset, seed: int = 0) -> Stream:
             for split in ("train", "val", "test"):
                 x, y = data.split(split)
                 idx = subsets[split]
-                x = x[idx].reshape(len(idx), -1)[:, perm].reshape((len(idx),) + data.input_shape)
+                x = x[idx].reshape(len(idx), n_pixels)[:, perm].reshape((len(idx),) + data.input_shape)
                 arrays[split] = (np.ascontiguousarray(x), (y[idx] + offset).astype(np.int64))
             tasks.append(_task(t, f"permutation {t}", arrays, tuple(range(offset, offset + k)), cfg.setting))
         n_outputs = n_tasks * k if cfg.setting == "task" else k

@@ -43,6 +43,10 @@ class LoopConfig:
     progress: bool = True
     count_flops: bool = True
     device: str = "cpu"
+    # observers (callbacks; they never change learning): experiments.alignment.Alignment and
+    # analysis.cka.CKAToBackprop, recording block_align_* per epoch and block_cka_backprop at the end
+    alignment: bool = False
+    cka: bool = False
 
     def __post_init__(self):
         if isinstance(self.early_stopping, dict):
@@ -188,6 +192,12 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
     run = Run(learner=learner, network=network_module, data=data, loop=loop, seed=seed, info=info)
     run.state = learner.init(network_module, info, seed)
     callbacks = list(callbacks) + ([ProgressBar()] if loop.progress else [])
+    if loop.alignment:
+        from experiments.alignment import Alignment
+        callbacks.append(Alignment())
+    if loop.cka:
+        from analysis.cka import CKAToBackprop
+        callbacks.append(CKAToBackprop())
     order_rng = np.random.default_rng([seed, 1]) if loop.shuffle else None
     coords = {"learner": learner.name, "seed": seed, "dataset": data.name,
               "network": _network_name(network), **(coords or {})}
@@ -297,7 +307,10 @@ def _network_name(network) -> str:
 def _count_parameters(state, network) -> int:
     """Trainable parameters of the network plus any the learner adds (e.g. per-block projections)."""
     extra = getattr(state, "extra", None)
-    modules = [network] + [v for v in (extra or {}).values() if isinstance(v, torch.nn.Module)]
+    # a learner may train its own module built from the spec (NoProp's denoising blocks) as state.network
+    own = getattr(state, "network", None)
+    modules = [own if isinstance(own, torch.nn.Module) else network]
+    modules += [v for v in (extra or {}).values() if isinstance(v, torch.nn.Module)]
     seen = set()
     total = 0
     for module in modules:

@@ -35,6 +35,9 @@ class OptimizerConfig:
     warmup_steps: int = 0
     cooldown_start: float = 0.5
     final_lr_fraction: float = 0.0
+    # adam/adamw: torch's fused kernel (one pass over the weights; the same update up to float
+    # rounding, several times faster on CPU for million-weight layers). False keeps torch's default.
+    fused: bool = False
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -52,7 +55,8 @@ def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                fused=cfg.fused or None)
     if cfg.name == "adamw_schedulefree":
         try:
             import schedulefree
@@ -63,7 +67,8 @@ def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
                                              warmup_steps=cfg.warmup_steps)
         opt.train()
         return opt
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                             fused=cfg.fused or None)
 
 
 def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:

@@ -263,20 +263,38 @@ class ForwardForward(Learner):
 
     def update(self, state, batch):
         x, y = batch
-        net = state.network
-        net.train()
+        state.network.train()
         extra = state.extra
-        c, gen, thetas = extra["n_classes"], extra["generator"], extra["thresholds"]
-        schedule = extra["schedule"]
-        active = schedule.active()
-        b = len(x)
+        c = extra["n_classes"]
+        active = extra["schedule"].active()
         # Neutral-label pass with the weights before this step: the readout's features, and the
         # logits hard negatives are drawn from (MATLAB runs it before choosing negatives).
         _, neutral = self.forward_all(state, self.embed(x, None, c))
         features = self.readout_features(state, neutral)
-        readout = extra["readout"]
-        logits = readout(features) if self.negatives == "hard" else None
-        y_neg = sample_negative_labels(y, c, self.negatives, gen, logits)
+        logits = extra["readout"](features) if self.negatives == "hard" else None
+        y_neg = sample_negative_labels(y, c, self.negatives, extra["generator"], logits)
+        losses, metrics = self.block_losses(state, x, y, y_neg, active)
+        if losses:
+            for i in active:
+                extra["optimizers"][i].zero_grad(set_to_none=True)
+            sum(losses.values()).backward()   # one backward; each loss reaches only its own block
+            for i in active:
+                extra["optimizers"][i].step()
+                extra["schedulers"][i].step()
+        metrics["readout_loss"] = self.train_readout(state, features, y)
+        state.step += 1
+        extra["schedule"].after_step(state.step)
+        return state, metrics
+
+    def block_losses(self, state, x, y, y_neg, active) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
+        """Local loss of each block in ``active`` (FF logistic loss + peer normalisation), with metrics.
+
+        Every block reads the detached, normalised output of the block below,
+        so the graph of loss i holds block i's parameters only.
+        """
+        net, extra = state.network, state.extra
+        c, thetas = extra["n_classes"], extra["thresholds"]
+        b = len(x)
         h = self._input(torch.cat([self.embed(x, y, c), self.embed(x, y_neg, c)]))
         # Collaboration needs every block's goodness; plain FF stops after the last block in training.
         last = net.n_blocks - 1 if self.collaboration != "none" else (max(active) if len(active) else -1)
@@ -289,31 +307,22 @@ class ForwardForward(Learner):
             h = self.normalize(a.detach())
         centred = [(g - t).detach() for g, t in zip(goodness, thetas)]
         target = torch.cat([torch.ones(b, device=x.device), torch.zeros(b, device=x.device)])
+        losses: dict[int, torch.Tensor] = {}
         metrics: dict[str, float] = {}
-        total = 0.0
         for i in active:
             logit = goodness[i] - thetas[i] + self.collaboration_offset(centred, i)
             ff_loss = F.binary_cross_entropy_with_logits(logit / self.temperature, target)
-            total = total + ff_loss
+            losses[i] = ff_loss
             if self.peer_norm_lambda > 0:
-                total = total + self.peer_norm_lambda * self.peer_loss(state, i, activities[i][:b])
+                losses[i] = ff_loss + self.peer_norm_lambda * self.peer_loss(state, i, activities[i][:b])
             with torch.no_grad():
                 g_pos, g_neg = goodness[i][:b], goodness[i][b:]
                 metrics[f"loss/{i}"] = ff_loss.item()
                 metrics[f"goodness_pos/{i}"] = g_pos.mean().item()
                 metrics[f"goodness_neg/{i}"] = g_neg.mean().item()
+                # Hinton's "pairsumerrs": how often the negative input is at least as good as the positive
                 metrics[f"pair_error/{i}"] = (g_neg >= g_pos).float().mean().item()
-        if len(active):
-            for i in active:
-                extra["optimizers"][i].zero_grad(set_to_none=True)
-            total.backward()
-            for i in active:
-                extra["optimizers"][i].step()
-                extra["schedulers"][i].step()
-        metrics["readout_loss"] = self.train_readout(state, features, y)
-        state.step += 1
-        schedule.after_step(state.step)
-        return state, metrics
+        return losses, metrics
 
     def collaboration_offset(self, centred: list[torch.Tensor], i: int):
         """gamma_i of Collaborative FF: the other blocks' (stop-gradient) goodness above threshold."""

@@ -105,8 +105,9 @@ class ProjectedLinear(nn.Linear):
     hlop_input = None
 
     def forward(self, x):
-        if self.hlop_capture:
+        if self.hlop_capture:  # the first forward of a step: the layer's input for the Hebbian update
             self.hlop_input = x.detach()
+            self.hlop_capture = False
         if self.hlop_u is None or not torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)
         return _ProjectedLinearFn.apply(x, self.weight, self.bias, self.hlop_u, self.hlop_v, self.hlop_input_mode)
@@ -155,7 +156,8 @@ class HebbianProjection(Learner):
     hebbian_clamp: float = 10.0
     freeze_biases: bool = True                    # after the first task, as the reference does
     reset_optimizer: bool = True                  # clear the base optimiser's state at each task start
-    kernel: str = "torch"                         # torch | numba (Oja iterations)
+    kernel: str = "torch"                         # torch | numba (Oja iterations; numba only wins at tiny
+                                                  # sizes, benchmarks/results/hebbian.md)
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch", supports_conv=False)
 
@@ -183,13 +185,15 @@ class HebbianProjection(Learner):
     def init(self, network, data_info, seed):
         self._check()
         base = self.make_base()
-        layers = [m for m in network.modules() if isinstance(m, nn.Linear)]
         if any(isinstance(m, nn.Conv2d) for m in network.modules()):
             raise ConfigError("hebbian_projection supports MLPs only (conv layers are not projected); use an MLP")
+        base_state = base.init(network, data_info, seed)
+        # after the base's init, which may replace layers (forward-forward widens the first one);
+        # the swap keeps the parameters, so the base's optimisers are unaffected
+        layers = [m for m in base_state.network.modules() if isinstance(m, nn.Linear)]
         for layer in layers:
             layer.__class__ = ProjectedLinear
             layer.hlop_input_mode = self.projection == "input"
-        base_state = base.init(network, data_info, seed)
         empty = [torch.zeros(0, layer.in_features, device=layer.weight.device) for layer in layers]
         return HLOPState(network=base_state.network, base=base_state, layers=layers, old=list(empty),
                          new=list(empty), momentum=list(empty), rng=np.random.default_rng([seed, 61]))
@@ -259,22 +263,33 @@ class HebbianProjection(Learner):
 
     # ------------------------------------------------------------ training
     def update(self, state, batch):
-        if state.task >= 0 and self.hebbian_iterations > 0:
+        hebbian = state.task >= 0 and self.hebbian_iterations > 0
+        if hebbian:
+            # The inputs of the base step's first forward (pre-step weights, as the reference's lateral
+            # update inside the training forward); frozen old rows make the order of the two updates moot.
+            for layer in state.layers:
+                layer.hlop_capture = True
+        try:
+            state.base, metrics = self.make_base().update(state.base, batch)
+        finally:
+            for layer in state.layers:
+                layer.hlop_capture = False
+        if hebbian:
             self.hebbian_step(state, batch[0])
-        state.base, metrics = self.make_base().update(state.base, batch)
         state.step += 1
         return state, metrics
 
     def hebbian_step(self, state, x):
-        """Oja iterations of every layer's new rows on the layer inputs of batch ``x`` (current weights)."""
-        for layer in state.layers:
-            layer.hlop_capture = True
-        try:
-            with torch.no_grad():
-                state.network(x)
-        finally:
+        """Oja iterations of every layer's new rows on its inputs (captured, else from a forward of ``x``)."""
+        if any(layer.hlop_input is None for layer in state.layers):
             for layer in state.layers:
-                layer.hlop_capture = False
+                layer.hlop_capture = True
+            try:
+                with torch.no_grad():
+                    state.network(x)
+            finally:
+                for layer in state.layers:
+                    layer.hlop_capture = False
         lrs = _per_layer(self.hebbian_lr, len(state.layers), "hebbian_lr")
         for i, layer in enumerate(state.layers):
             inputs, layer.hlop_input = layer.hlop_input, None
@@ -295,7 +310,8 @@ class HebbianProjection(Learner):
 
 def oja_iterations(x, x_res, h_new, mom, lr, momentum, clamp, n_iter, *, kernel="torch"):
     """Oja subspace iterations on the new rows, in place (math in `learners._kernels.hebbian`)."""
-    if kernel == "numba":
+    if kernel == "numba" and h_new.device.type == "cpu" and h_new.dtype == torch.float32 \
+            and h_new.is_contiguous() and mom.is_contiguous():
         from learners._kernels.hebbian import oja_subspace_iterations
         h_np, m_np = h_new.numpy(), mom.numpy()  # shared memory: updated in place
         oja_subspace_iterations(np.ascontiguousarray(x.numpy()), np.ascontiguousarray(x_res.numpy()), h_np, m_np,

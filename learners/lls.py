@@ -16,6 +16,7 @@ ablations: a fixed random matrix (``random_basis``) and a learnable local classi
 from __future__ import annotations
 
 import collections
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -79,7 +80,9 @@ class LLS(LayerwiseLearner):
     follows the LLS layer. With a schedule-free optimiser, evaluation uses its averaged weights
     after ``bn_refresh_batches`` recent training batches refresh the batch-norm statistics.
     ``schedule``: simultaneous (every block steps on every batch) or greedy (block k trains
-    during the k-th equal share of the steps, then stays frozen).
+    during the k-th equal share of the steps, then stays frozen). ``channels_last`` stores conv
+    activity channels-last, which on CPU makes max pooling ~8x and convolutions ~1.5-2.5x faster
+    (same results up to float rounding).
     """
 
     variant: str = "lls"
@@ -96,9 +99,10 @@ class LLS(LayerwiseLearner):
         default_factory=lambda: OptimizerConfig(name="adamw_schedulefree", lr=5e-3))
     bn_refresh_batches: int = 50
     schedule: str = "simultaneous"
+    channels_last: bool = True
 
     tags = Tags(locality="blockwise", crosses_blocks=False, backend="torch")
-    contract_epochs = 30
+    contract_epochs = 10   # blobs and xor reach >= 0.99 test accuracy by epoch 4
 
     # ------------------------------------------------------------------ setup
 
@@ -140,6 +144,8 @@ class LLS(LayerwiseLearner):
         if network.head is None:
             raise ConfigError("lls predicts with the network's head: build the network with head=True")
         network = network.to(data_info.device)
+        if self._channels_last(data_info.input_shape):
+            network = network.to(memory_format=torch.channels_last)
         n_classes = data_info.n_classes
         splits = [_pool_split(block) for block in network.blocks]
         sizes = self.pool_sizes(network)
@@ -156,8 +162,18 @@ class LLS(LayerwiseLearner):
                        "pool_sizes": sizes, "total_steps": data_info.total_steps,
                        "refresh": collections.deque(maxlen=max(self.bn_refresh_batches, 1)),
                        "eval_point": False, "refreshed_at": None,
+                       "channels_last": self._channels_last(data_info.input_shape),
                        "has_bn": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())}
         return state
+
+    def _channels_last(self, input_shape) -> bool:
+        return self.channels_last and len(input_shape) == 3
+
+    @staticmethod
+    def _layout(state, x: torch.Tensor) -> torch.Tensor:
+        if state.extra["channels_last"] and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _make_head(self, n_classes: int, dim: int, gen: torch.Generator) -> LocalHead:
         v = self.variant
@@ -189,7 +205,7 @@ class LLS(LayerwiseLearner):
     def first_input(self, state, batch):
         self._to_train_point(state)
         state.network.train()
-        x = batch[0]
+        x = self._layout(state, batch[0])
         if self.bn_refresh_batches and state.extra["has_bn"]:
             # The reference refreshes batch norm with the first 50 batches of a new pass over the
             # training set; the last batches seen are the same distribution and need no loader.
@@ -210,8 +226,9 @@ class LLS(LayerwiseLearner):
         for m in block[:k]:
             a = m(a)
         out = a
-        for m in block[k:]:
-            out = m(out)
+        with torch.no_grad():  # the block's own pooling is not part of its local loss
+            for m in block[k:]:
+                out = m(out)
         logits = state.extra["heads"][i](pool_activity(a, state.extra["pool_sizes"][i]))
         return out, logits
 
@@ -272,7 +289,7 @@ class LLS(LayerwiseLearner):
     def predict(self, state, x):
         self.prepare_eval(state)
         with evaluating(state.network) as net:
-            return net(x)
+            return net(self._layout(state, x))
 
     def block_metrics(self, state, x, y, batch_size: int = 1024):
         """Local accuracy and loss of every block on (x, y), at the evaluation weights."""
@@ -281,7 +298,7 @@ class LLS(LayerwiseLearner):
         correct, loss_sum = [0.0] * n, [0.0] * n
         with evaluating(state.network), evaluating(state.extra["heads"]):
             for start in range(0, len(x), batch_size):
-                h, yb = x[start:start + batch_size], y[start:start + batch_size]
+                h, yb = self._layout(state, x[start:start + batch_size]), y[start:start + batch_size]
                 for i in range(n):
                     h, logits = self.local_logits(state, i, h)
                     correct[i] += (logits.argmax(1) == yb).sum().item()
@@ -298,9 +315,29 @@ def pool_activity(a: torch.Tensor, size: int) -> torch.Tensor:
     linear activity kept (size 0) or average-pooled to ``size`` features, which up-samples by
     repetition when size exceeds the width (the reference's SmallConvL quirk)."""
     if a.dim() == 4:
-        return F.adaptive_avg_pool2d(a, size).flatten(1)
+        # adaptive_avg_pool2d as one matmul with its (s*s, H*W) averaging matrix: the same numbers,
+        # but its backward on channels-last maps is ~5x cheaper on CPU than torch's pooling kernel.
+        n, c, h, w = a.shape
+        k = _pool_matrix(h, w, size).to(device=a.device, dtype=a.dtype)
+        if a.is_contiguous(memory_format=torch.channels_last):
+            u = torch.matmul(k, a.permute(0, 2, 3, 1).reshape(n, h * w, c)).transpose(1, 2)
+        else:
+            u = torch.matmul(a.reshape(n, c, h * w), k.T)
+        return u.reshape(n, c * size * size)   # feature order (channel, row, column), as .view(n, -1)
     a = a.flatten(1)
     return a if size == 0 else F.adaptive_avg_pool1d(a.unsqueeze(1), size).squeeze(1)
+
+
+@functools.lru_cache(maxsize=64)
+def _pool_matrix(h: int, w: int, size: int) -> torch.Tensor:
+    """K with (K @ a.flatten())[i * size + j] = mean of adaptive_avg_pool2d's window (i, j) of an h x w map."""
+    def windows(n):
+        m = torch.zeros(size, n)
+        for i in range(size):
+            lo, hi = (i * n) // size, -((-(i + 1) * n) // size)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        return m
+    return torch.kron(windows(h), windows(w))
 
 
 def _pool_split(block: nn.Module) -> int:

@@ -108,11 +108,15 @@ class MonoForward(LayerwiseLearner):
         schedule.after_step(state.step)
         return state, metrics
 
-    def update_block(self, state, i, h, batch):
-        y = batch[1]
+    def local_loss(self, state, i: int, h: torch.Tensor, y: torch.Tensor):
+        """(a_i, G_i, CE(G_i, y)) on the detached input h: the graph holds block i and M_i only."""
         a = state.network.run_block(i, h.detach())
         g = self.scores(state, i, a)
-        loss = F.cross_entropy(g, y)
+        return a, g, F.cross_entropy(g, y)
+
+    def update_block(self, state, i, h, batch):
+        y = batch[1]
+        a, g, loss = self.local_loss(state, i, h, y)
         opt = state.extra["optimizers"][i]
         opt.zero_grad(set_to_none=True)
         loss.backward()

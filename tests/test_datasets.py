@@ -143,3 +143,14 @@ def test_mnist1d_missing_package_is_explained(monkeypatch):
     from experiments.errors import DataError
     with pytest.raises(DataError, match=r"pip install 'altlearn\[mnist1d\]'"):
         load_dataset("mnist1d")
+
+
+def test_max_train_takes_a_seeded_subset_after_the_validation_split():
+    full = load_dataset("digits", seed=0)
+    a = load_dataset("digits", seed=0, max_train=300)
+    b = load_dataset("digits", seed=0, max_train=300)
+    assert len(a.x_train) == 300 and len(a.x_val) == len(full.x_val)
+    np.testing.assert_array_equal(a.y_val, full.y_val)  # same validation images (normalised by the subset)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    with pytest.raises(ConfigError, match="max_train=0 must be a positive count"):
+        load_dataset("digits", max_train=0)

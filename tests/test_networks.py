@@ -54,7 +54,9 @@ def test_convnet_blocks_and_shapes():
     spec = get_preset("smallconv").resolve((1, 28, 28), 10)
     net = build(spec, 0)
     assert net.n_blocks == 4  # conv32, conv64, conv128, fc512
-    assert net.block_shapes == [(32, 14, 14), (64, 7, 7), (128, 3, 3), (512,)]
+    # pooling as in the LLS reference SmallConv: 2, 2, none, then adaptive 2x2 before the FC block
+    assert net.block_shapes == [(32, 14, 14), (64, 7, 7), (128, 2, 2), (512,)]
+    assert net.blocks[3][1].in_features == 128 * 2 * 2
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 

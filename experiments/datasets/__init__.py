@@ -51,6 +51,11 @@ def load_dataset(name: str, *, seed: int = 0, val_size: float | None = None, nor
     if name not in _LOADERS:
         raise unknown_name("dataset", name, _LOADERS)
     loader = _LOADERS[name]
+    # max_train (any dataset): train on a seeded random subset of this many training samples,
+    # carved after the validation split; for reduced CPU budgets.
+    max_train = options.pop("max_train", None)
+    if max_train is not None and int(max_train) < 1:
+        raise ConfigError(f"data option max_train={max_train} must be a positive count (or null for all)")
     allowed = set(inspect.signature(loader).parameters) - {"seed"}
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -60,6 +65,10 @@ def load_dataset(name: str, *, seed: int = 0, val_size: float | None = None, nor
     val_size = raw.default_val_size if val_size is None else val_size
     x_tr, y_tr, x_val, y_val = carve_validation(raw.x_train, raw.y_train, val_size, seed,
                                                 stratify=raw.task == "classification")
+    if max_train is not None and len(x_tr) > int(max_train):
+        keep = np.sort(np.random.default_rng([seed, 3]).choice(len(x_tr), int(max_train), replace=False))
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+        options["max_train"] = int(max_train)
     if raw.task == "classification":
         n_classes = int(max(raw.y_train.max(), raw.y_test.max()) + 1)
         cast = lambda y: np.asarray(y, dtype=np.int64)

@@ -19,8 +19,12 @@ which is Oja's subspace rule with the reconstruction from all rows
 
 ``oja_subspace_iterations`` (numba) and ``oja_subspace_iterations_numpy`` (the
 plain reference) update ``h_new`` and ``mom`` in place and agree to rounding
-(tests/learners/test_hebbian_projection.py). The learner uses the torch version
-unless ``kernel: numba`` (see benchmarks/results/hebbian.md for which is faster where).
+(tests/learners/test_hebbian_projection.py). Opt in with ``kernel: numba``: it beat the
+torch version clearly only at tiny sizes (~6x at fan-in 64, where torch's per-op overhead
+dominates), by ~5% at the permuted-MNIST sizes on an idle core (benchmarks/results/hebbian.md),
+and in the experiments on the shared machine it was several times slower, because its
+``np.dot`` runs on scipy's OpenBLAS, whose threads ignore torch's thread setting and
+oversubscribe a loaded machine. So torch is the default.
 """
 from __future__ import annotations
 

@@ -1,0 +1,124 @@
+"""NoProp-CT: the learned schedule (Eq. 65–67), its SNR', the loss's reach and inference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiments.errors import ConfigError
+from learners._noprop_base import softmax_mix
+from learners._noprop_schedules import LearnedSchedule
+from tests.learners._noprop_helpers import (ForwardCalls, OracleBlock, accuracy, make_state, one_hot_inputs,
+                                            train_steps, two_class_problem)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_learned_schedule_is_monotone_with_fixed_ends(seed):
+    schedule = LearnedSchedule(hidden=16, gamma_noise=6.0, gamma_label=-5.0, seed=seed).double()
+    with torch.no_grad():   # random positive weights of any size keep γ monotone
+        for p in schedule.parameters():
+            p.normal_(0, 3, generator=torch.Generator().manual_seed(seed))
+        schedule.gamma_0.fill_(-5.0)
+        schedule.gamma_1.fill_(6.0)
+        t = torch.linspace(0, 1, 201, dtype=torch.float64)
+        gamma = schedule.gamma(t)
+        ab = schedule.alpha_bar(t)
+    assert torch.all(gamma[1:] <= gamma[:-1] + 1e-6)
+    assert torch.all(ab[1:] >= ab[:-1] - 1e-12)
+    # Eq. 65 as written: γ(0) = γ_1 (the noise end) and γ(1) = γ_0 (the label end)
+    assert gamma[0].item() == pytest.approx(6.0, abs=1e-5)
+    assert gamma[-1].item() == pytest.approx(-5.0, abs=1e-5)
+    torch.testing.assert_close(schedule.snr(t), torch.exp(-gamma), rtol=1e-5, atol=0)
+
+
+def test_snr_derivative_matches_autograd_and_finite_differences():
+    schedule = LearnedSchedule(hidden=8, seed=5).double()
+    t = torch.tensor([0.05, 0.3, 0.5, 0.8, 0.97], dtype=torch.float64)
+    _, deriv = schedule.snr_and_derivative(t)
+    t_req = t.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(schedule.snr(t_req).sum(), t_req)
+    torch.testing.assert_close(deriv, auto, rtol=1e-9, atol=0)
+    h = 1e-6
+    finite = (schedule.snr(t + h) - schedule.snr(t - h)) / (2 * h)
+    torch.testing.assert_close(deriv, finite, rtol=1e-5, atol=0)
+    assert torch.all(deriv > 0)        # SNR increases from noise to label
+
+
+def test_loss_reaches_network_head_embedding_and_schedule():
+    learner, state, x, y = make_state("noprop_ct", embedding="learned", embedding_dim=4, eval_steps=3)
+    loss, metrics = learner.loss(state, x, y, torch.Generator().manual_seed(0))
+    loss.backward()
+    model = state.network
+    for part in (model.blocks[0], model.classifier, model.embedding, model.schedule):
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in part.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in model.schedule.parameters())
+    assert 0 < metrics["alpha_bar_0"] < metrics["alpha_bar_1"] < 1
+
+
+def test_denoiser_output_is_in_the_convex_hull_of_the_embeddings():
+    learner, state, x, y = make_state("noprop_ct", embedding="learned", embedding_dim=8)
+    W = state.network.embedding.weight.detach()
+    t = torch.rand(len(x))
+    u_hat = softmax_mix(state.network.blocks[0](x, torch.randn(len(x), 8), t), W).detach()
+    weights = u_hat @ W.T          # rows of W are orthonormal
+    assert torch.all(weights >= -1e-6)
+    torch.testing.assert_close(weights.sum(1), torch.ones(len(x)))
+
+
+@pytest.mark.parametrize("integrator", ["ancestral", "ddim"])
+def test_oracle_denoiser_lands_on_the_label(integrator):
+    learner, state, _, _ = make_state("noprop_ct", integrator=integrator, eval_steps=30)
+    x, y = one_hot_inputs(3, 400)
+    state.network.blocks = torch.nn.ModuleList([OracleBlock(scale=1e4)])
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        z0 = torch.randn(len(x), 3, generator=torch.Generator().manual_seed(0))
+        logp = learner.sample_scores(state, x, gen, steps=30)
+        state.network.classifier.weight.copy_(10 * torch.eye(3))
+        state.network.classifier.bias.zero_()
+        assert accuracy(learner, state, x, y) == 1.0
+        if integrator == "ddim":
+            # with û = u_y the probability flow keeps ε̂ fixed: z_1 = √ᾱ_1 u + √(1−ᾱ_1) ε̂_0 exactly
+            ab = state.network.schedule.alpha_bar(torch.tensor([0.0, 1.0]))
+            u = state.network.embedding(y)
+            eps = (z0 - ab[0].sqrt() * u) / (1 - ab[0]).sqrt()
+            expected = ab[1].sqrt() * u + (1 - ab[1]).sqrt() * eps
+            z1 = torch.log_softmax(state.network.classifier(expected), 1)
+            torch.testing.assert_close(learner.sample_scores(state, x, torch.Generator().manual_seed(0), steps=30),
+                                       z1, rtol=1e-4, atol=1e-4)
+    assert logp.shape == (len(x), 3)
+
+
+def test_many_steps_only_at_the_end_of_training():
+    learner, state, x, y = make_state("noprop_ct", eval_steps=4, inference_steps=9, n_epochs=1)
+    with ForwardCalls([state.network.blocks[0].head[-1]]) as calls:
+        learner.predict(state, x)
+    assert calls.counts[0] == 4              # one call of the output layer per integration step
+    state.step = state.extra["total_steps"]
+    with ForwardCalls([state.network.blocks[0].head[-1]]) as calls:
+        learner.predict(state, x)
+    assert calls.counts[0] == 9
+
+
+def test_spread_over_inference_runs_is_recorded():
+    learner, state, x, y = make_state("noprop_ct", eval_steps=3, inference_runs=3)
+    metrics = learner.block_metrics(state, x, y)
+    assert set(metrics) == {"run_accuracy", "run_accuracy_std"}
+    assert metrics["run_accuracy_std"][0] >= 0
+
+
+@pytest.mark.parametrize("key,value", [("integrator", "rk4"), ("eval_steps", 0), ("gamma_noise_init", -10.0)])
+def test_bad_settings_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=key):
+        make_state("noprop_ct", **{key: value})
+
+
+@pytest.mark.slow   # the contract suite already checks blobs and xor
+def test_two_class_problem_in_seconds():
+    """Two Gaussian blobs. On the moons of the other learners' smoke tests CT stays near 76% after
+    15 epochs: Eq. 9's SNR' weight is ~1e4 times larger near t = 1 than near t = 0, so the one
+    shared network learns to read the label off z long before it learns to read it off x
+    (docs/noprop.md)."""
+    learner, state, x, y = make_state("noprop_ct", n_classes=2, dim=2, n=512, inference_steps=50,
+                                      optimizer={"name": "adam", "lr": 0.01})
+    train_steps(learner, state, x[:256], y[:256], epochs=10)
+    assert accuracy(learner, state, x[256:], y[256:]) > 0.9

@@ -1,0 +1,193 @@
+"""Particle swarm properties from the spec (../shared/specs/particle_swarm.md, "Testable properties")."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.datasets import load_dataset
+from experiments.errors import ConfigError
+from experiments.fit import LoopConfig, fit
+from learners import make_learner
+from learners._kernels import swarm as K
+from learners.base import DataInfo
+from networks import NetworkSpec, build
+
+
+def _setup(mode="neuron", widths=(6, 5, 4), activation="tanh", n=24, **params):
+    data = load_dataset("blobs", seed=0, n_train=n, n_test=10, val_size=0)
+    spec = NetworkSpec(widths=widths, activation=activation).resolve(data.input_shape, data.n_classes)
+    learner = make_learner("particle_swarm", mode=mode, **{"n_particles": 5, **params})
+    info = DataInfo(input_shape=spec.input_shape, n_classes=spec.n_classes, n_train=n)
+    state = learner.init(build(spec, 0), info, 0)
+    X = data.x_train.astype(np.float64)
+    return learner, state, X, data.y_train.astype(np.int64)
+
+
+def _random_numbers(state, iterations=1, seed=0):
+    D = state.sizes[:-1] + 1
+    roff = np.concatenate([[0], np.cumsum(iterations * 2 * state.k * state.sizes[1:] * D)]).astype(np.int64)
+    return np.random.default_rng(seed).random(int(roff[-1])), roff
+
+
+def _sweep(learner, state, X, y, order_l, order_j, seed=0):
+    R, roff = _random_numbers(state, learner.iterations, seed)
+    return K.neuron_sweep(X, y, state.sizes, state.acts, state.wflat, state.woff, state.P, state.V, state.PB,
+                          state.PBf, state.poff, state.noff, np.asarray(order_l, np.int64),
+                          np.asarray(order_j, np.int64), R, roff, state.k, learner.iterations, learner.inertia,
+                          learner.c1, learner.c2, learner.velocity_clamp, learner.reevaluate)[0]
+
+
+@pytest.mark.parametrize("mode", ["neuron", "global"])
+def test_never_calls_autograd(mode, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("autograd was called")
+    monkeypatch.setattr(torch.autograd, "backward", refuse)
+    monkeypatch.setattr(torch.autograd, "grad", refuse)
+    monkeypatch.setattr(torch.Tensor, "backward", refuse)
+    learner, state, X, y = _setup(mode)
+    batch = (torch.from_numpy(X).float().requires_grad_(True), torch.from_numpy(y))
+    for _ in range(2):
+        state, _ = learner.update(state, batch)
+    scores = learner.predict(state, batch[0])
+    assert not scores.requires_grad
+    assert all(not p.requires_grad for ps in learner.block_parameters(state) for p in ps)
+
+
+@pytest.mark.parametrize("widths,activation", [((6, 5, 4), "tanh"), ((7,), "relu"), ((5, 4), "sigmoid")])
+def test_fused_sweep_matches_the_numpy_reference(widths, activation):
+    learner, a, X, y = _setup(widths=widths, activation=activation, iterations=2)
+    b = copy.deepcopy(a)
+    order_l, order_j = learner.visiting_order(a)
+    R, roff = _random_numbers(a, learner.iterations)
+    loss_a = _sweep(learner, a, X, y, order_l, order_j)
+    loss_b = learner._neuron_sweep_numpy(b, X, y, order_l, order_j, R, roff)
+    assert loss_a == pytest.approx(loss_b, rel=1e-10)
+    np.testing.assert_allclose(a.wflat, b.wflat, atol=1e-12)
+    np.testing.assert_allclose(a.PB, b.PB, atol=1e-12)
+    np.testing.assert_allclose(a.PBf, b.PBf, rtol=1e-10)
+    assert not np.array_equal(a.wflat, _setup(widths=widths, activation=activation)[1].wflat)
+
+
+def test_kernels_match_numpy_references():
+    rng = np.random.default_rng(0)
+    n, fan_in, C, k = 9, 5, 4, 6
+    A, P = rng.normal(size=(n, fan_in)), rng.normal(size=(k, fan_in + 1))
+    a_old, Z, u, y = rng.normal(size=n), rng.normal(size=(n, C)), rng.normal(size=C), rng.integers(0, C, n)
+    for act in K.ACTIVATIONS.values():
+        np.testing.assert_allclose(K.rank1_fitness(A, P, act, a_old, Z, u, y),
+                                   K.rank1_fitness_numpy(A, P, act, a_old, Z, u, y), rtol=1e-10)
+        np.testing.assert_allclose(K.rank1_next(A, P, act, a_old, Z, u, 1),
+                                   K.rank1_next_numpy(A, P, act, a_old, Z, u, 1), rtol=1e-10, atol=1e-12)
+    logits = rng.normal(size=(k, n, C)) * 30
+    np.testing.assert_allclose(K.cross_entropy_rows(logits, y), K.cross_entropy_rows_numpy(logits, y), rtol=1e-10)
+    V, pbest, g = rng.normal(size=P.shape), rng.normal(size=P.shape), rng.normal(size=fan_in + 1)
+    r1, r2 = rng.random(P.shape), rng.random(P.shape)
+    P2, V2 = P.copy(), V.copy()
+    K.pso_move(P, V, pbest, g, r1, r2, 0.7, 1.5, 1.5, 0.3)
+    K.pso_move_numpy(P2, V2, pbest, g, r1, r2, 0.7, 1.5, 1.5, 0.3)
+    np.testing.assert_allclose(P, P2, rtol=1e-12)
+    assert np.abs(V).max() <= 0.3 + 1e-15                        # the velocity clamp holds
+
+
+def test_the_network_loss_never_increases_neuron_by_neuron_on_a_fixed_batch():
+    learner, state, X, y = _setup(reevaluate=False)
+    order_l, order_j = learner.visiting_order(state)
+    losses = [K.cross_entropy_rows_numpy(learner._forward(state, X)[1][-1][None], y)[0]]
+    pbest_history = []
+    for sweep in range(3):
+        for v, (l, j) in enumerate(zip(order_l, order_j)):
+            losses.append(_sweep(learner, state, X, y, [l], [j], seed=100 * sweep + v))
+        pbest_history.append(state.PBf.copy())
+    assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:]))
+    assert losses[-1] < losses[0]
+    # with reevaluate off, every personal best fitness is non-increasing on the fixed batch
+    for a, b in zip(pbest_history, pbest_history[1:]):
+        assert np.all(b <= a)
+
+
+def test_a_neuron_step_changes_only_that_neurons_weights_and_swarm():
+    learner, state, X, y = _setup()
+    for l, j in [(0, 2), (1, 0), (3, 1)]:
+        before = copy.deepcopy(state)
+        changed = False
+        for seed in range(5):          # a few attempts: a step may find no better particle
+            _sweep(learner, state, X, y, [l], [j], seed=seed)
+            changed |= not np.array_equal(state.wflat, before.wflat)
+        assert changed, f"neuron ({l}, {j}) never improved"
+        D = state.sizes[l] + 1
+        row = slice(state.woff[l] + j * D, state.woff[l] + (j + 1) * D)
+        outside = np.ones(state.wflat.size, bool)
+        outside[row] = False
+        np.testing.assert_array_equal(state.wflat[outside], before.wflat[outside])
+        mine = np.zeros(state.P.size, bool)
+        mine[state.poff[l] + j * state.k * D:state.poff[l] + (j + 1) * state.k * D] = True
+        np.testing.assert_array_equal(state.P[~mine], before.P[~mine])
+
+
+def test_swarm_converges_on_a_convex_quadratic():
+    rng = np.random.default_rng(0)
+    D, k = 6, 20
+    target = rng.normal(size=D)
+    scale = np.linspace(1, 5, D)
+    f = lambda P: ((P - target) ** 2 * scale).sum(-1)
+    P = rng.uniform(-3, 3, size=(k, D))
+    V = np.zeros_like(P)
+    pbest, pbest_f = P.copy(), f(P)
+    g = pbest[np.argmin(pbest_f)].copy()
+    for _ in range(300):
+        K.pso_move(P, V, pbest, g, rng.random(P.shape), rng.random(P.shape), 0.7298, 1.49618, 1.49618, 1.0)
+        fp = f(P)
+        better = fp < pbest_f
+        pbest[better], pbest_f[better] = P[better], fp[better]
+        g = pbest[np.argmin(pbest_f)].copy()
+    np.testing.assert_allclose(g, target, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["neuron", "global"])
+def test_same_seed_same_weights(mode):
+    weights = []
+    for _ in range(2):
+        learner, state, X, y = _setup(mode, order="random")
+        for _ in range(2):
+            state, _ = learner.update(state, (torch.from_numpy(X).float(), torch.from_numpy(y)))
+        weights.append(state.wflat.copy())
+    np.testing.assert_array_equal(*weights)
+
+
+def test_smoke_xor_2_8_2_reaches_95_percent_train_accuracy():
+    data = load_dataset("xor", seed=0, n_train=400, n_test=200)
+    learner = make_learner("particle_swarm", n_particles=10, velocity_clamp=0.2)
+    res = fit(learner, {"widths": [8], "activation": "tanh"}, data, seed=0,
+              loop=LoopConfig(n_epochs=10, batch_size=64, progress=False))
+    assert float(res.results["accuracy"].sel(split="train")[-1]) >= 0.95
+
+
+def test_whole_network_pso_learns_blobs():
+    data = load_dataset("blobs", seed=0, n_train=300, n_test=200)
+    learner = make_learner("particle_swarm", mode="global", n_particles=30, velocity_clamp=0.1, init_scale=1.0)
+    res = fit(learner, {"widths": [8], "activation": "tanh"}, data, seed=0,
+              loop=LoopConfig(n_epochs=10, batch_size=300, progress=False))
+    acc = res.results["accuracy"].sel(split="test").values
+    assert acc[-1] >= 0.9
+    assert np.all(np.diff(res.results["train_loss"].values) <= 1e-12)   # full batch: gbest never worsens
+
+
+@pytest.mark.parametrize("key,value", [("mode", "layer"), ("order", "sideways"), ("n_particles", 0),
+                                       ("neuron_fraction", 0.0), ("kernel", "cuda")])
+def test_bad_settings_name_the_key(key, value):
+    data = load_dataset("blobs", seed=0, n_train=50, n_test=10)
+    with pytest.raises(ConfigError, match=key):
+        fit(make_learner("particle_swarm", **{key: value}), "mlp_small", data,
+            loop=LoopConfig(n_epochs=1, progress=False))
+
+
+def test_refuses_conv_networks_and_regression():
+    data = load_dataset("digits", seed=0)
+    with pytest.raises(ConfigError, match="convolutional"):
+        fit(make_learner("particle_swarm"), "smallconv", data, loop=LoopConfig(n_epochs=1, progress=False))
+    with pytest.raises(ConfigError, match="regression"):
+        fit(make_learner("particle_swarm"), "mlp_small", load_dataset("diabetes"),
+            loop=LoopConfig(n_epochs=1, progress=False))
