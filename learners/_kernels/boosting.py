@@ -1,4 +1,4 @@
-r"""Fitting one GBNN weak learner: a J-unit, one-hidden-layer regressor trained by full-batch Adam.
+r"""Fitting one GBNN weak learner: a J-unit, one-hidden-layer regressor, full batch.
 
 The weak learner of boosting step m is
 
@@ -10,9 +10,14 @@ sklearn's ``MLPRegressor`` objective
 .. math::  \mathcal{L} = \frac{1}{2n}\sum_i \lVert h(x_i) - r_i\rVert^2
            + \frac{\lambda}{2n}\left(\lVert W_1\rVert^2 + \lVert W_2\rVert^2\right).
 
-``fit_step_adam`` (numba) and ``fit_step_adam_numpy`` (the plain reference) run the same
-Adam iterations (Kingma & Ba, beta1=0.9, beta2=0.999, eps=1e-8, bias-corrected) and update
-``W1, b1, W2, b2`` in place; they agree to rounding (tests/learners/test_gradient_boosting.py).
+Two optimisers, each in numba with a plain numpy reference (``*_numpy``) running the same
+iterations, updating ``W1, b1, W2, b2`` in place (compared in tests/learners/test_gradient_boosting.py):
+
+- ``fit_step_lbfgs``: L-BFGS, two-loop recursion over the last m pairs
+  :math:`s_k = \theta_{k+1}-\theta_k,\ y_k = \nabla\mathcal{L}_{k+1}-\nabla\mathcal{L}_k`,
+  initial scaling :math:`\gamma = s^\top y / y^\top y`, backtracking until
+  :math:`\mathcal{L}(\theta + t d) \le \mathcal{L}(\theta) + 10^{-4} t\, \nabla\mathcal{L}^\top d`.
+- ``fit_step_adam``: Adam (Kingma & Ba, beta1=0.9, beta2=0.999, eps=1e-8, bias-corrected).
 Activation codes: 0 logistic, 1 tanh, 2 relu, 3 identity.
 """
 from __future__ import annotations
@@ -24,7 +29,7 @@ ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3}
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=True)
 def _act(z, code):
     if code == 0:
         if z >= 0:
@@ -38,7 +43,7 @@ def _act(z, code):
     return z
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=True)
 def _act_grad(z, a, code):
     """g'(z) given z and a = g(z)."""
     if code == 0:
@@ -50,85 +55,196 @@ def _act_grad(z, a, code):
     return 1.0
 
 
-@njit(cache=True, fastmath=True, inline="always")
-def _adam(p, g, m, v, lr, c1, c2):
-    for i in range(p.size):
-        m.flat[i] = BETA1 * m.flat[i] + (1 - BETA1) * g.flat[i]
-        v.flat[i] = BETA2 * v.flat[i] + (1 - BETA2) * g.flat[i] * g.flat[i]
-        p.flat[i] -= lr * (m.flat[i] / c1) / (np.sqrt(v.flat[i] / c2) + EPS)
+@njit(cache=True, fastmath=True)
+def _loss_grad(theta, X, R, J, K, act, l2, grad, Z, H, E, dZ):
+    """The objective of the module docstring and its gradient (into ``grad``), for the packed
+    parameters theta = [W1 (J x d, row-major), b1, W2 (K x J, row-major), b2]."""
+    n, d = X.shape
+    o_b1 = J * d
+    o_W2 = o_b1 + J
+    o_b2 = o_W2 + K * J
+    scale = 1.0 / n
+    loss = 0.0
+    for i in range(n):
+        for j in range(J):
+            s = theta[o_b1 + j]
+            for f in range(d):
+                s += X[i, f] * theta[j * d + f]
+            Z[i, j] = s
+            H[i, j] = _act(s, act)
+        for k in range(K):
+            s = theta[o_b2 + k]
+            for j in range(J):
+                s += H[i, j] * theta[o_W2 + k * J + j]
+            e = s - R[i, k]
+            E[i, k] = e
+            loss += e * e
+    reg = 0.0
+    for p in range(o_b1):
+        reg += theta[p] * theta[p]
+    for p in range(o_W2, o_b2):
+        reg += theta[p] * theta[p]
+    loss = 0.5 * scale * (loss + l2 * reg)
+    for p in range(theta.shape[0]):
+        grad[p] = 0.0
+    for p in range(o_b1):
+        grad[p] = l2 * scale * theta[p]
+    for p in range(o_W2, o_b2):
+        grad[p] = l2 * scale * theta[p]
+    for i in range(n):
+        for k in range(K):
+            e = E[i, k] * scale
+            grad[o_b2 + k] += e
+            for j in range(J):
+                grad[o_W2 + k * J + j] += e * H[i, j]
+        for j in range(J):
+            s = 0.0
+            for k in range(K):
+                s += E[i, k] * theta[o_W2 + k * J + j]
+            dZ[i, j] = s * scale * _act_grad(Z[i, j], H[i, j], act)
+    for i in range(n):
+        for j in range(J):
+            dz = dZ[i, j]
+            grad[o_b1 + j] += dz
+            for f in range(d):
+                grad[j * d + f] += dz * X[i, f]
+    return loss
+
+
+def _pack(W1, b1, W2, b2):
+    return np.concatenate((W1.ravel(), b1, W2.ravel(), b2))
+
+
+def _unpack(theta, W1, b1, W2, b2):
+    a, J, K = W1.size, b1.size, b2.size
+    W1[...] = theta[:a].reshape(W1.shape)
+    b1[...] = theta[a:a + J]
+    W2[...] = theta[a + J:a + J + K * J].reshape(W2.shape)
+    b2[...] = theta[a + J + K * J:]
+
+
+def fit_step_adam(X, R, W1, b1, W2, b2, act, n_iter, lr, l2):
+    """Full-batch Adam on the weak learner's objective (module docstring), in place; returns the
+    final loss. The loop is `_adam_loop` (numba)."""
+    theta = _pack(W1, b1, W2, b2)
+    loss = _adam_loop(np.ascontiguousarray(X), np.ascontiguousarray(R), theta, W1.shape[0], W2.shape[0], act,
+                      int(n_iter), float(lr), float(l2))
+    _unpack(theta, W1, b1, W2, b2)
+    return loss
 
 
 @njit(cache=True, fastmath=True)
-def fit_step_adam(X, R, W1, b1, W2, b2, act, n_iter, lr, l2):
-    """Full-batch Adam on the weak learner's objective (module docstring); returns the final loss."""
-    n, d = X.shape
-    J = W1.shape[0]
-    K = W2.shape[0]
-    Z = np.empty((n, J))
-    H = np.empty((n, J))
-    E = np.empty((n, K))
-    dZ = np.empty((n, J))
-    gW1 = np.empty_like(W1)
-    gb1 = np.empty_like(b1)
-    gW2 = np.empty_like(W2)
-    gb2 = np.empty_like(b2)
-    mW1, vW1 = np.zeros_like(W1), np.zeros_like(W1)
-    mb1, vb1 = np.zeros_like(b1), np.zeros_like(b1)
-    mW2, vW2 = np.zeros_like(W2), np.zeros_like(W2)
-    mb2, vb2 = np.zeros_like(b2), np.zeros_like(b2)
-    scale = 1.0 / n
+def _adam_loop(X, R, theta, J, K, act, n_iter, lr, l2):
+    n = X.shape[0]
+    P = theta.shape[0]
+    Z, H, dZ, E = np.empty((n, J)), np.empty((n, J)), np.empty((n, J)), np.empty((n, K))
+    grad = np.empty(P)
+    m = np.zeros(P)
+    v = np.zeros(P)
     loss = 0.0
     for it in range(n_iter + 1):
-        loss = 0.0
-        for i in range(n):
-            for j in range(J):
-                s = b1[j]
-                for f in range(d):
-                    s += X[i, f] * W1[j, f]
-                Z[i, j] = s
-                H[i, j] = _act(s, act)
-            for k in range(K):
-                s = b2[k]
-                for j in range(J):
-                    s += H[i, j] * W2[k, j]
-                e = s - R[i, k]
-                E[i, k] = e
-                loss += e * e
-        reg = 0.0
-        for x in W1.flat:
-            reg += x * x
-        for x in W2.flat:
-            reg += x * x
-        loss = 0.5 * scale * (loss + l2 * reg)
+        loss = _loss_grad(theta, X, R, J, K, act, l2, grad, Z, H, E, dZ)
         if it == n_iter:
             break
-        gW2[:] = l2 * scale * W2
-        gb2[:] = 0.0
-        gW1[:] = l2 * scale * W1
-        gb1[:] = 0.0
-        for i in range(n):
-            for k in range(K):
-                e = E[i, k] * scale
-                gb2[k] += e
-                for j in range(J):
-                    gW2[k, j] += e * H[i, j]
-            for j in range(J):
-                s = 0.0
-                for k in range(K):
-                    s += E[i, k] * W2[k, j]
-                dZ[i, j] = s * scale * _act_grad(Z[i, j], H[i, j], act)
-        for i in range(n):
-            for j in range(J):
-                dz = dZ[i, j]
-                gb1[j] += dz
-                for f in range(d):
-                    gW1[j, f] += dz * X[i, f]
         c1 = 1.0 - BETA1 ** (it + 1)
         c2 = 1.0 - BETA2 ** (it + 1)
-        _adam(W1, gW1, mW1, vW1, lr, c1, c2)
-        _adam(b1, gb1, mb1, vb1, lr, c1, c2)
-        _adam(W2, gW2, mW2, vW2, lr, c1, c2)
-        _adam(b2, gb2, mb2, vb2, lr, c1, c2)
+        for p in range(P):
+            m[p] = BETA1 * m[p] + (1 - BETA1) * grad[p]
+            v[p] = BETA2 * v[p] + (1 - BETA2) * grad[p] * grad[p]
+            theta[p] -= lr * (m[p] / c1) / (np.sqrt(v[p] / c2) + EPS)
+    return loss
+
+
+def fit_step_lbfgs(X, R, W1, b1, W2, b2, act, n_iter, memory, l2):
+    """L-BFGS (two-loop recursion, ``memory`` pairs, backtracking Armijo line search from step 1)
+    on the weak learner's objective, like sklearn's ``solver='lbfgs'``, in place; returns the final
+    loss. The loop is `_lbfgs_loop` (numba)."""
+    theta = _pack(W1, b1, W2, b2)
+    loss = _lbfgs_loop(np.ascontiguousarray(X), np.ascontiguousarray(R), theta, W1.shape[0], W2.shape[0], act,
+                       int(n_iter), int(memory), float(l2))
+    _unpack(theta, W1, b1, W2, b2)
+    return loss
+
+
+@njit(cache=True)
+def _dot(a, b):
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return s
+
+
+@njit(cache=True)
+def _lbfgs_loop(X, R, theta, J, K, act, n_iter, memory, l2):
+    n = X.shape[0]
+    P = theta.shape[0]
+    grad = np.empty(P)
+    trial = np.empty(P)
+    gtrial = np.empty(P)
+    q = np.empty(P)
+    Z, H, dZ, E = np.empty((n, J)), np.empty((n, J)), np.empty((n, J)), np.empty((n, K))
+    S = np.zeros((memory, P))
+    Y = np.zeros((memory, P))
+    rho = np.zeros(memory)
+    alpha = np.zeros(memory)
+    loss = _loss_grad(theta, X, R, J, K, act, l2, grad, Z, H, E, dZ)
+    stored = 0
+    newest = -1
+    for it in range(n_iter):
+        # two-loop recursion: q = H grad, the direction is -q
+        for p in range(P):
+            q[p] = grad[p]
+        for back in range(stored):
+            i = (newest - back + memory) % memory
+            alpha[i] = rho[i] * _dot(S[i], q)
+            for p in range(P):
+                q[p] -= alpha[i] * Y[i, p]
+        if stored > 0:
+            gamma = _dot(S[newest], Y[newest]) / _dot(Y[newest], Y[newest])
+        else:
+            gamma = 1.0 / max(1.0, np.sqrt(_dot(grad, grad)))
+        for p in range(P):
+            q[p] *= gamma
+        for fwd in range(stored):
+            i = (newest - stored + 1 + fwd + memory) % memory
+            beta = rho[i] * _dot(Y[i], q)
+            for p in range(P):
+                q[p] += S[i, p] * (alpha[i] - beta)
+        slope = -_dot(grad, q)
+        if slope >= 0:                      # not a descent direction: restart from the gradient
+            for p in range(P):
+                q[p] = grad[p] * gamma
+            slope = -_dot(grad, q)
+            stored = 0
+        if slope == 0.0:
+            break
+        step = 1.0
+        new_loss = loss
+        accepted = False
+        for _ in range(30):
+            for p in range(P):
+                trial[p] = theta[p] - step * q[p]
+            new_loss = _loss_grad(trial, X, R, J, K, act, l2, gtrial, Z, H, E, dZ)
+            if new_loss <= loss + 1e-4 * step * slope:
+                accepted = True
+                break
+            step *= 0.5
+        if not accepted:
+            break
+        newest = (newest + 1) % memory
+        for p in range(P):
+            S[newest, p] = trial[p] - theta[p]
+            Y[newest, p] = gtrial[p] - grad[p]
+        sy = _dot(S[newest], Y[newest])
+        if sy > 1e-12:
+            rho[newest] = 1.0 / sy
+            stored = min(stored + 1, memory)
+        else:
+            newest = (newest - 1 + memory) % memory
+        for p in range(P):
+            theta[p] = trial[p]
+            grad[p] = gtrial[p]
+        loss = new_loss
     return loss
 
 
@@ -175,4 +291,68 @@ def fit_step_adam_numpy(X, R, W1, b1, W2, b2, act, n_iter, lr, l2):
             v *= BETA2
             v += (1 - BETA2) * g * g
             p -= lr * (m / c1) / (np.sqrt(v / c2) + EPS)
+    return loss
+
+
+def _loss_grad_numpy(theta, X, R, J, K, act, l2):
+    n, d = X.shape
+    W1, b1, W2, b2 = (theta[:J * d].reshape(J, d), theta[J * d:J * d + J],
+                      theta[J * d + J:J * d + J + K * J].reshape(K, J), theta[J * d + J + K * J:])
+    Z = X @ W1.T + b1
+    H = activate_numpy(Z, act)
+    E = H @ W2.T + b2 - R
+    loss = 0.5 / n * (np.sum(E * E) + l2 * (np.sum(W1 * W1) + np.sum(W2 * W2)))
+    E = E / n
+    dZ = (E @ W2) * _act_grad_numpy(Z, H, act)
+    grad = np.concatenate([(dZ.T @ X + l2 / n * W1).ravel(), dZ.sum(0), (E.T @ H + l2 / n * W2).ravel(), E.sum(0)])
+    return loss, grad
+
+
+def fit_step_lbfgs_numpy(X, R, W1, b1, W2, b2, act, n_iter, memory, l2):
+    """The plain numpy reference of `fit_step_lbfgs` (the same iterations)."""
+    J, K = W1.shape[0], W2.shape[0]
+    theta = np.concatenate([W1.ravel(), b1, W2.ravel(), b2])
+    loss, grad = _loss_grad_numpy(theta, X, R, J, K, act, l2)
+    S, Y, rho = [], [], []
+    for _ in range(n_iter):
+        q = grad.copy()
+        alphas = []
+        for s, y, r in zip(reversed(S), reversed(Y), reversed(rho)):
+            a = r * (s @ q)
+            alphas.append(a)
+            q -= a * y
+        gamma = (S[-1] @ Y[-1]) / (Y[-1] @ Y[-1]) if S else 1.0 / max(1.0, np.sqrt(grad @ grad))
+        q *= gamma
+        for (s, y, r), a in zip(zip(S, Y, rho), reversed(alphas)):
+            q += s * (a - r * (y @ q))
+        direction = -q
+        slope = grad @ direction
+        if slope >= 0:
+            direction = -grad * gamma
+            slope = grad @ direction
+            S, Y, rho = [], [], []
+        if slope == 0.0:
+            break
+        step = 1.0
+        for _ in range(30):
+            trial = theta + step * direction
+            new_loss, new_grad = _loss_grad_numpy(trial, X, R, J, K, act, l2)
+            if new_loss <= loss + 1e-4 * step * slope:
+                break
+            step *= 0.5
+        else:
+            break
+        s, y = trial - theta, new_grad - grad
+        if s @ y > 1e-12:
+            S.append(s)
+            Y.append(y)
+            rho.append(1.0 / (s @ y))
+            if len(S) > memory:
+                S.pop(0), Y.pop(0), rho.pop(0)
+        theta, grad, loss = trial, new_grad, new_loss
+    a = J * W1.shape[1]
+    W1[:] = theta[:a].reshape(W1.shape)
+    b1[:] = theta[a:a + J]
+    W2[:] = theta[a + J:a + J + K * J].reshape(W2.shape)
+    b2[:] = theta[a + J + K * J:]
     return loss

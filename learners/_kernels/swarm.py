@@ -31,7 +31,7 @@ from numba import njit
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "leaky_relu": 4, "gelu": 5}
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=True)
 def _act(z, code):
     if code == 0:
         return 0.5 * (1.0 + math.tanh(0.5 * z))

@@ -1,0 +1,197 @@
+"""Whole-network PSO against pyswarms, neuron-wise PSO's sweep, and numba against plain numpy kernels.
+
+``python benchmarks/bench_pso.py [--iters 20]`` writes benchmarks/results/pso.md:
+
+1. pyswarms 1.3 trained the way its neural-network example does (``GlobalBestPSO``, one Python
+   forward pass per particle, c1=0.5, c2=0.3, w=0.9), against altlearn's ``particle_swarm``
+   with ``mode=global`` (all particles in one batched pass): 100 particles, a 64-32-10 tanh network,
+   the digits training rows as one batch; CPU time per iteration, and altlearn's time against the
+   iteration's matrix-multiply bound (its GEMM flops at this machine's measured fp32 GEMM rate).
+2. Neuron-wise PSO: CPU time of one full sweep over the 42 neurons (k particles each) of
+   64-32-10 on a batch, fused numba kernel against the plain numpy path.
+3. The swarm move kernel, numba against numpy.
+
+``python benchmarks/bench_pso.py --summarise`` tabulates the committed pso_toy, pso_toy_global,
+pso_digits and pso_digits_global runs (final test accuracy per seed, training time, and test
+accuracy reached within training-time budgets) into benchmarks/results/pso_experiments.md.
+
+One thread everywhere; ``pip install pyswarms`` for the peer (benchmark only).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine_description, set_threads, write_table  # noqa: E402
+
+set_threads(1)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from experiments.datasets import load_dataset  # noqa: E402
+from learners import make_learner  # noqa: E402
+from learners._kernels import swarm as K  # noqa: E402
+from learners.base import DataInfo  # noqa: E402
+from networks import NetworkSpec, build  # noqa: E402
+
+SHAPE = (64, 32, 10)
+
+
+def gemm_gflops_cpu(n=1024, repeats=20):
+    """Best fp32 GEMM rate in GFLOP/s of CPU time (process time, like every timing here, so that
+    other load on a shared machine does not inflate the bound)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        a @ b
+        best = min(best, max(time.process_time() - t0, 1e-9))
+    return 2 * n ** 3 / best / 1e9
+
+
+def cpu_time(fn, repeats):
+    fn()                                              # warm-up (jit, caches)
+    t0 = time.process_time()
+    for _ in range(repeats):
+        fn()
+    return (time.process_time() - t0) / repeats
+
+
+def pyswarms_iteration(X, y, n_particles, iters):
+    """Seconds per iteration of pyswarms' GlobalBestPSO with a per-particle forward pass."""
+    import pyswarms as ps
+    d, h, c = SHAPE
+    n_dims = d * h + h + h * c + c
+
+    def loss_of(p):
+        W1 = p[:d * h].reshape(d, h)
+        b1 = p[d * h:d * h + h]
+        W2 = p[d * h + h:d * h + h + h * c].reshape(h, c)
+        b2 = p[d * h + h + h * c:]
+        logits = np.tanh(X @ W1 + b1) @ W2 + b2
+        logits = logits - logits.max(1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return -logp[np.arange(len(y)), y].mean()
+
+    def f(swarm):
+        return np.array([loss_of(swarm[i]) for i in range(len(swarm))])
+
+    opt = ps.single.GlobalBestPSO(n_particles=n_particles, dimensions=n_dims,
+                                  options={"c1": 0.5, "c2": 0.3, "w": 0.9})
+    import logging
+    logging.getLogger("pyswarms").setLevel(logging.ERROR)
+    opt.optimize(f, iters=1, verbose=False)
+    t0 = time.process_time()
+    opt.optimize(f, iters=iters, verbose=False)
+    return (time.process_time() - t0) / iters
+
+
+def altlearn_state(mode, n_particles, n_in, activation, **params):
+    spec = NetworkSpec(widths=(SHAPE[1],), activation=activation).resolve((n_in,), SHAPE[2])
+    learner = make_learner("particle_swarm", mode=mode, n_particles=n_particles, **params)
+    state = learner.init(build(spec, 0), DataInfo(input_shape=(n_in,), n_classes=SHAPE[2], n_train=1), 0)
+    return learner, state
+
+
+def summarise(out):
+    import xarray as xr
+    reference = ROOT / "benchmarks" / "reference"
+    groups = {}
+    for experiment in ("pso_toy", "pso_toy_global", "pso_digits", "pso_digits_global"):
+        for path in sorted((reference / experiment).rglob("results.nc")):
+            with xr.open_dataset(path) as ds:
+                label = path.parent.parent.name          # particle_swarm, particle_swarm_global, backprop
+                acc = ds["accuracy"].sel(split="test").values
+                # steady-state time: the median epoch's training time, so that a first epoch that
+                # includes numba compilation (or a burst of other load) does not dominate
+                per_epoch = ds["wall_time"].values
+                wall = np.median(per_epoch) * np.arange(1, len(per_epoch) + 1)
+                groups.setdefault((str(ds["dataset"].values), label), []).append(
+                    (int(ds["seed"].values), acc, wall))
+    budgets = (2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+    rows = []
+    for (dataset, label), runs in sorted(groups.items()):
+        runs.sort(key=lambda r: r[0])
+        final = np.array([acc[-1] for _, acc, _ in runs])
+        at = []
+        for b in budgets:
+            # accuracy of the last epoch finished within the budget (nan: none finished)
+            vals = [acc[np.searchsorted(wall, b, side="right") - 1] if wall[0] <= b else np.nan
+                    for _, acc, wall in runs]
+            at.append(f"{100 * np.nanmean(vals):.1f}" if not np.all(np.isnan(vals)) else "-")
+        rows.append([dataset, label, f"{100 * final.mean():.2f}", f"{100 * final.min():.2f}",
+                     " ".join(f"{100 * v:.2f}" for v in final), f"{np.mean([w[-1] for *_, w in runs]):.1f}", *at])
+    notes = ("Final-epoch test accuracy (%) over seeds, training time (s: median recorded epoch time x epochs, "
+             "wall clock on a shared 2-core machine under heavy load from other jobs, so CPU time is several "
+             "times lower), and the mean test accuracy of the last epoch finished within each training-time "
+             "budget on that clock. Sources: "
+             "benchmarks/reference/pso_*/**/results.nc.")
+    return write_table(out, "PSO experiments: accuracy against training time",
+                       ["dataset", "learner", "mean acc", "worst seed", "per seed", "train s",
+                        *[f"acc @ {b:g} s" for b in budgets]], rows, notes)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pso.md"))
+    parser.add_argument("--summarise", action="store_true")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        print(summarise(ROOT / "benchmarks" / "results" / "pso_experiments.md"))
+        return
+    data = load_dataset("digits", seed=0)
+    X = data.x_train.reshape(len(data.x_train), -1).astype(np.float64)
+    y = data.y_train.astype(np.int64)
+    xt, yt = torch.from_numpy(X).float(), torch.from_numpy(y)
+    rows = []
+    peak = gemm_gflops_cpu()
+
+    # 1. whole-network PSO, 100 particles, full training set
+    k = 100
+    t_peer = pyswarms_iteration(X, y, k, args.iters)
+    learner, state = altlearn_state("global", k, X.shape[1], "tanh", reevaluate=False)
+    t_ours = cpu_time(lambda: learner.update(state, (xt, yt)), args.iters)
+    gemm_flops = 2.0 * k * len(X) * (SHAPE[0] * SHAPE[1] + SHAPE[1] * SHAPE[2])
+    bound = gemm_flops / (peak * 1e9)
+    rows.append(["whole-network PSO, 100 particles, one iteration", "pyswarms 1.3 (per-particle loop)",
+                 1e3 * t_peer, ""])
+    rows.append(["whole-network PSO, 100 particles, one iteration", "altlearn particle_swarm mode=global",
+                 1e3 * t_ours, f"{t_peer / t_ours:.1f}x faster; {t_ours / bound:.2f}x the GEMM bound "
+                               f"({1e3 * bound:.1f} ms)"])
+
+    # 2. neuron-wise sweep (the pso_digits settings: relu, 20 particles, batch 128)
+    Xb, yb = xt[:128], yt[:128]
+    for kernel in ("numba", "numpy"):
+        learner, state = altlearn_state("neuron", 20, X.shape[1], "relu", velocity_clamp=0.05, init_scale=0.2,
+                                        kernel=kernel)
+        t = cpu_time(lambda: learner.update(state, (Xb, yb)), max(2, args.iters // 4))
+        rows.append(["neuron-wise PSO, one sweep over 42 neurons x 20 particles, batch 128",
+                     f"altlearn ({kernel} kernel)", 1e3 * t, ""])
+    rows[-1][3] = f"numba {rows[-1][2] / rows[-2][2]:.1f}x faster"
+
+    # 3. the swarm move alone (one neuron: 20 particles x 65 weights; and 100 x 2410)
+    rng = np.random.default_rng(0)
+    for shape in ((20, 65), (100, 2410)):
+        P, V, PB = rng.normal(size=shape), np.zeros(shape), rng.normal(size=shape)
+        g, r1, r2 = rng.normal(size=shape[1]), rng.random(shape), rng.random(shape)
+        times = [cpu_time(lambda: fn(P, V, PB, g, r1, r2, 0.7298, 1.49618, 1.49618, 0.5), 2000 if shape[0] == 20
+                          else 200) for fn in (K.pso_move, K.pso_move_numpy)]
+        rows.append([f"swarm move, {shape[0]} x {shape[1]}", "numba / numpy", f"{1e6 * times[0]:.1f} us / "
+                     f"{1e6 * times[1]:.1f} us", f"numba {times[1] / times[0]:.1f}x faster"])
+    notes = (f"Machine: {machine_description()}; one thread; fp32 GEMM peak measured {peak:.1f} GFLOP/s. "
+             f"Data: digits training rows ({len(X)} x 64). CPU seconds (process time), {args.iters} iterations "
+             "after a warm-up. Command: `python benchmarks/bench_pso.py`.")
+    print(write_table(args.out, "Particle swarm: altlearn vs pyswarms, numba vs numpy",
+                      ["what", "implementation", "ms", "note"], rows, notes))
+
+
+if __name__ == "__main__":
+    main()
