@@ -68,7 +68,7 @@ def collect(folder: str | Path, *, complete_only: bool = False) -> xr.Dataset:
     stacked.attrs = {"source": str(folder), "n_runs": len(runs),
                      "incomplete_runs": "\n".join(incomplete), "failed_runs": "\n".join(map(str, failed))}
     # per-run scalar attrs worth comparing
-    for attr in ("n_parameters", "peak_memory_total"):
+    for attr in ("n_parameters", "peak_memory_total", "n_train"):
         values = [float(a[attr]) if attr in a else np.nan for a in run_attrs]
         var = xr.DataArray(values, dims="run", coords={k: ("run", [i[j] for i in index])
                                                        for j, k in enumerate(varying)})

@@ -1,22 +1,79 @@
-"""A comparison table (markdown) and figure from a folder of runs."""
+"""A comparison report (markdown and HTML, table and figures) from a folder of runs.
+
+``python -m analysis FOLDER`` writes, next to the runs (or into ``--out``):
+
+- ``summary.md`` and ``summary.html``: the table (final test accuracy mean ± 95% interval over
+  seeds, wall time per epoch, peak memory, FLOPs per sample, parameters), the alignment and CKA
+  tables when recorded, the notes on failed or partial runs, and the figures;
+- ``comparison.png`` (learning curves with seed bands + final accuracy with intervals),
+  ``pareto.png`` (accuracy vs wall time and vs FLOPs, Pareto front), ``memory.png``,
+  ``blocks.png`` (per-block metrics over epochs), ``alignment.png`` and ``cka.png`` when recorded,
+  ``continual.png`` when the runs hold an accuracy matrix (`analysis.continual`).
+
+Every number comes from the result files; the report regenerates from them with the same command.
+"""
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
-import numpy as np
+import matplotlib
 
-from analysis.collect import collect
-from analysis.plots import comparison_figure, final_epoch
-from analysis.stats import mean_and_interval
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from analysis.collect import collect  # noqa: E402
+from analysis.plots import (accuracy_vs_cost, alignment_figure, cka_bars,  # noqa: E402
+                            comparison_figure, final_epoch, grid_figure, per_block_variables, peak_memory,
+                            save_single)
+from analysis.stats import mean_and_interval  # noqa: E402
+
+# dims that are not run keys: everything else besides learner and seed is a swept variant
+_DATA_DIMS = ("learner", "seed", "epoch", "split", "block", "trained_task", "eval_task", "task")
+
+
+def variants_as_learners(ds: xr.Dataset) -> xr.Dataset:
+    """Fold swept dims other than ``seed`` into the ``learner`` dim, labelled ``"name (key=value)"``.
+
+    The figures and table then show one entry per learner and setting, with seeds as the spread.
+    A single-learner folder gets a ``learner`` dim of length 1.
+    """
+    if "learner" not in ds.dims:
+        name = str(ds["learner"].item()) if "learner" in ds.coords else "run"
+        ds = ds.drop_vars("learner", errors="ignore").expand_dims(learner=[name])
+    extra = [d for d in ds.dims if d not in _DATA_DIMS]
+    if not extra:
+        return ds
+    stacked = ds.stack(variant=["learner", *extra])
+    labels = []
+    for values in stacked["variant"].values:
+        name, *rest = values
+        labels.append(f"{name} (" + ", ".join(f"{k}={v}" for k, v in zip(extra, rest)) + ")")
+    stacked = stacked.drop_vars(["variant", "learner", *extra]).assign_coords(variant=labels)
+    stacked = stacked.rename(variant="learner")
+    # drop variants that no run filled (an outer join of unequal sweeps)
+    keep = stacked["accuracy"].notnull().any([d for d in stacked["accuracy"].dims if d != "learner"])
+    return stacked.sel(learner=keep.values)
+
+
+def _n_train(ds) -> float:
+    if "n_train" in ds:
+        return ds["n_train"]
+    return float(ds.attrs.get("n_train", 1))
 
 
 def summary_rows(ds) -> list[dict]:
     """One row per learner: final test accuracy mean and 95% half-interval, cost columns."""
+    ds = variants_as_learners(ds)
     acc = final_epoch(ds["accuracy"].sel(split="test")) if "accuracy" in ds else None
+    flops_per_sample = ds["flops"].where(ds["flops"] > 0).mean("epoch") / _n_train(ds)
     rows = []
-    learners = [str(v) for v in np.atleast_1d(ds["learner"].values)]
-    for name in learners:
-        sel = (lambda da: da.sel(learner=name)) if "learner" in ds.dims else (lambda da: da)
+    for name in [str(v) for v in ds["learner"].values]:
+        def sel(da):
+            return da.sel(learner=name) if "learner" in da.dims else da
         row = {"learner": name}
         if acc is not None:
             mean, lo, hi = mean_and_interval(sel(acc), "seed")
@@ -24,43 +81,190 @@ def summary_rows(ds) -> list[dict]:
             row["ci95"] = float(hi - mean)
             row["n_seeds"] = int(sel(acc).count())
         row["s_per_epoch"] = float(sel(ds["wall_time"]).mean())
-        row["flops_per_sample"] = float(sel(ds["flops"]).mean()) / max(1, _n_train(ds))
-        row["peak_mem_mb"] = float(sel(ds["peak_memory_total"]).mean()) / 2**20
-        row["params"] = int(np.nanmean(np.atleast_1d(sel(ds["n_parameters"]).values)))
+        row["epochs"] = int(sel(ds["wall_time"]).notnull().any([d for d in sel(ds["wall_time"]).dims
+                                                               if d != "epoch"]).sum())
+        row["flops_per_sample"] = float(sel(flops_per_sample).mean())
+        memory = sel(ds["peak_memory_total"]) if "peak_memory_total" in ds else sel(ds["peak_memory"]).max("epoch")
+        if not np.isfinite(memory.values).any() and "peak_memory" in ds:
+            memory = sel(ds["peak_memory"]).max("epoch")       # a run cut short leaves no total
+        row["peak_mem_mb"] = float(memory.mean()) / 2**20
+        params = np.atleast_1d(sel(ds["n_parameters"]).values)
+        row["params"] = int(np.nanmean(params)) if np.isfinite(params).any() else 0
         rows.append(row)
     return rows
 
 
-def _n_train(ds) -> int:
-    return int(ds.attrs.get("n_train", 1))
+def _fmt_flops(value: float) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f}"
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| learner | test accuracy (mean ± 95% CI) | seeds | s / epoch | peak memory (MiB) | parameters |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| learner | test accuracy (%, mean ± 95% CI) | seeds | s / epoch | peak memory (MiB) | "
+             "FLOPs / sample / epoch | parameters |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        acc = f"{100 * r['test_acc']:.2f} ± {100 * r['ci95']:.2f}" if "test_acc" in r else "n/a"
+        acc = f"{100 * r['test_acc']:.2f} ± {100 * r['ci95']:.2f}" if np.isfinite(r.get("test_acc", np.nan)) \
+            else "n/a"
+        memory = f"{r['peak_mem_mb']:.0f}" if np.isfinite(r["peak_mem_mb"]) else "n/a"
         lines.append(f"| {r['learner']} | {acc} | {r.get('n_seeds', '')} | {r['s_per_epoch']:.2f} | "
-                     f"{r['peak_mem_mb']:.0f} | {r['params']} |")
+                     f"{memory} | {_fmt_flops(r.get('flops_per_sample', np.nan))} | {r['params']} |")
     return "\n".join(lines)
 
 
+def per_block_table(ds: xr.Dataset, var: str, *, header: str, final: bool = True) -> str:
+    """Markdown: ``var`` per learner and block at the last epoch, mean ± 95% CI over seeds."""
+    if var not in ds or not np.isfinite(ds[var].values).any():
+        return ""
+    da = final_epoch(ds[var]) if final else ds[var]
+    # only the blocks this variable has (the block dim spans the deepest learner of the folder)
+    blocks = [int(b) for b in da["block"].values if np.isfinite(da.sel(block=b).values).any()]
+    lines = [f"| learner | " + " | ".join(f"{header} block {b}" for b in blocks) + " |",
+             "|---|" + "---|" * len(blocks)]
+    for name in [str(v) for v in ds["learner"].values]:
+        sub = da.sel(learner=name)
+        if not np.isfinite(sub.values).any():
+            continue
+        cells = []
+        for b in blocks:
+            mean, lo, hi = mean_and_interval(sub.sel(block=b), "seed")
+            cells.append(f"{float(mean):.3f} ± {float(hi - mean):.3f}" if np.isfinite(float(mean)) else "n/a")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tuning_note(folder: Path) -> str:
+    """The tuning budget recorded by a tuning sweep (``tuning:`` in the runs' config), if any."""
+    from experiments.recording import read_results
+    import yaml
+    for path in sorted(folder.rglob("results.nc"))[:1]:
+        config = yaml.safe_load(read_results(path).attrs.get("config", "") or "{}") or {}
+        tuning = config.get("tuning")
+        if tuning:
+            return ("Tuning budget (the same for every learner): " +
+                    ", ".join(f"{k}={v}" for k, v in tuning.items()) + ".")
+    return ""
+
+
+def write_figures(ds: xr.Dataset, out_dir: Path, title: str) -> list[tuple[str, str]]:
+    """Every figure the data allows; returns (caption, file name) pairs."""
+    figures = []
+    comparison_figure(ds, out_dir / "comparison.png", title=title)
+    figures.append(("Learning curves (mean over seeds, 95% band) and final test accuracy", "comparison.png"))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    accuracy_vs_cost(ds, axes[0], cost="wall_time")
+    accuracy_vs_cost(ds, axes[1], cost="flops")
+    fig.suptitle(f"{title}: accuracy against cost")
+    fig.tight_layout()
+    fig.savefig(out_dir / "pareto.png", dpi=110)
+    plt.close(fig)
+    figures.append(("Final test accuracy against training wall time and FLOPs (dashed: Pareto front)",
+                    "pareto.png"))
+    save_single(peak_memory, ds, out_dir / "memory.png", title=f"{title}: peak memory")
+    figures.append(("Peak memory above the start of the fit", "memory.png"))
+    if grid_figure(ds, per_block_variables(ds), out_dir / "blocks.png", title=f"{title}: per-block metrics"):
+        figures.append(("Per-block metrics over epochs (colour: learner, line style: block)", "blocks.png"))
+    if alignment_figure(ds, out_dir / "alignment.png", title=f"{title}: alignment with backprop"):
+        figures.append(("Cosine and sign agreement of each block's update with backprop's gradient",
+                        "alignment.png"))
+    if "block_cka_backprop" in ds and np.isfinite(ds["block_cka_backprop"].values).any():
+        save_single(cka_bars, ds, out_dir / "cka.png", title=f"{title}: linear CKA to a backprop twin")
+        figures.append(("Linear CKA of each block's activity to a backprop-trained twin", "cka.png"))
+    if "task_accuracy" in ds:
+        from analysis.continual import continual_figure
+        continual_figure(ds, out_dir / "continual.png", title=title)
+        figures.append(("Continual learning: accuracy matrices, ACC and BWT", "continual.png"))
+    return figures
+
+
 def write_report(folder, out_dir=None, *, title: str | None = None) -> str:
-    """Write ``comparison.png`` and ``summary.md`` for the runs under ``folder``; return the table."""
+    """Write ``summary.md``, ``summary.html`` and the figures for the runs under ``folder``; return the table."""
     folder = Path(folder)
     out_dir = Path(out_dir or folder)
-    ds = collect(folder)
+    raw = collect(folder)                      # first: a missing folder is named, not created
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = variants_as_learners(raw)
     rows = summary_rows(ds)
     table = markdown_table(rows)
     title = title or folder.name
-    comparison_figure(ds, out_dir / "comparison.png", title=title)
-    notes = []
-    if ds.attrs.get("incomplete_runs"):
-        notes.append("Incomplete runs:\n" + ds.attrs["incomplete_runs"])
-    if ds.attrs.get("failed_runs"):
-        notes.append("Run folders without results (failed):\n" + ds.attrs["failed_runs"])
-    text = (f"# {title}\n\nGenerated by `python -m analysis {folder}` from {ds.attrs['n_runs']} result "
-            f"files. Test accuracy at the last epoch; wall time is training only.\n\n{table}\n\n"
-            + ("\n\n".join(notes) + "\n" if notes else "") + "![comparison](comparison.png)\n")
+    figures = write_figures(ds, out_dir, title)
+    sections = [f"# {title}",
+                f"Generated by `python -m analysis {folder}` from {raw.attrs['n_runs']} result files. "
+                "Test accuracy at the last recorded epoch, mean over seeds with a Student-t 95% interval; "
+                "wall time is training only (no evaluation); peak memory is above the level at the start "
+                "of the fit; FLOPs per training sample per epoch (torch learners: counted on the first step "
+                "of each epoch; numpy learners: their own count).",
+                table]
+    if tuning_note(folder):
+        sections.append(tuning_note(folder))
+    for var, header, heading in (("block_align_cosine", "cosine", "Alignment with backprop (last epoch)"),
+                                 ("block_align_sign", "sign agreement", None),
+                                 ("block_cka_backprop", "CKA", "Linear CKA to a backprop twin (end of training)")):
+        block = per_block_table(ds, var, header=header)
+        if block:
+            sections.append((f"## {heading}\n\n" if heading else "") + block)
+    if "task_accuracy" in ds:
+        from analysis.continual import continual_table
+        sections.append("## Continual learning\n\n" + continual_table(ds))
+    if raw.attrs.get("incomplete_runs"):
+        sections.append("Incomplete runs (kept in the table with the epochs they recorded):\n\n" +
+                        "\n".join(f"- {line}" for line in raw.attrs["incomplete_runs"].splitlines()))
+    if raw.attrs.get("failed_runs"):
+        sections.append("Run folders without results (failed):\n\n" +
+                        "\n".join(f"- {line}" for line in raw.attrs["failed_runs"].splitlines()))
+    sections += [f"![{caption}]({name})" for caption, name in figures]
+    text = "\n\n".join(sections) + "\n"
     (out_dir / "summary.md").write_text(text)
+    (out_dir / "summary.html").write_text(markdown_to_html(text, title))
     return table
+
+
+# ---------------------------------------------------------------- html
+
+def markdown_to_html(text: str, title: str) -> str:
+    """The small markdown subset the report uses (headings, tables, lists, images, code) as HTML."""
+    body, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            head, rest = rows[0], [r for r in rows[1:] if not all(set(c) <= set("-:") for c in r)]
+            body.append("<table>\n<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>\n" +
+                        "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>\n" for r in rest) +
+                        "</table>")
+            continue
+        if line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            body.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        image = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip())
+        if image:
+            body.append(f'<figure><img src="{html.escape(image[2])}" alt="{html.escape(image[1])}">'
+                        f"<figcaption>{html.escape(image[1])}</figcaption></figure>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "figcaption{color:#555;font-size:90%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    out = html.escape(text)
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", out)

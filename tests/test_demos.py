@@ -88,12 +88,11 @@ def test_noprop_chain_moves_noise_to_the_class(tmp_path):
 @pytest.mark.slow
 def test_forgetting_matrices(tmp_path):
     numbers = _run("forgetting", tmp_path)
-    for key in ("backprop (SGD)", "hebbian_projection"):
-        if key not in numbers:
-            continue
-        matrix = np.array(numbers[key]["matrix"])
-        assert matrix.shape == (3, 3) and np.all((0 <= matrix) & (matrix <= 1))
-        assert np.all(np.diag(matrix) > 0.3)             # each task is learned when it is trained
+    plain = np.array(numbers["backprop (SGD)"]["matrix"])
+    assert plain.shape == (3, 3) and np.all((0 <= plain) & (plain <= 1))
+    assert np.all(np.diag(plain) > 0.5)                  # each task is learned when it is trained
+    if "hebbian_projection" in numbers:                  # the point of the demo: less forgetting
+        assert numbers["hebbian_projection"]["bwt"] > numbers["backprop (SGD)"]["bwt"] + 0.1
 
 
 def test_every_demo_is_in_a_notebook():
