@@ -32,7 +32,7 @@ from analysis.plots import (accuracy_vs_cost, alignment_figure, cka_bars,  # noq
 from analysis.stats import mean_and_interval  # noqa: E402
 
 # dims that are not run keys: everything else besides learner and seed is a swept variant
-_DATA_DIMS = ("learner", "seed", "epoch", "split", "block", "trained_task", "eval_task", "task")
+_DATA_DIMS = ("learner", "seed", "epoch", "split", "block", "trained_task", "eval_task", "task", "layer")
 
 
 def variants_as_learners(ds: xr.Dataset) -> xr.Dataset:
@@ -186,6 +186,10 @@ def write_report(folder, out_dir=None, *, title: str | None = None) -> str:
     folder = Path(folder)
     out_dir = Path(out_dir or folder)
     raw = collect(folder)                      # first: a missing folder is named, not created
+    if "accuracy" not in raw:
+        from experiments.errors import DataError
+        raise DataError(f"the runs under {folder} record no accuracy (regression runs record r2/rmse): this "
+                        "report covers classification; read regression runs with analysis.collect(folder)")
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = variants_as_learners(raw)
     rows = summary_rows(ds)

@@ -58,7 +58,8 @@ def run_one(cfg: DictConfig, learner_params: dict, out_dir: Path, coords: dict |
 
 
 # overrides that change how a run is executed or shown, not what it learns
-_NOT_HYPERPARAMETERS = ("hydra", "loop.progress", "loop.threads", "loop.device", "report", "name")
+_NOT_HYPERPARAMETERS = ("hydra", "loop.progress", "loop.threads", "loop.device", "loop.alignment", "loop.cka",
+                        "report", "name")
 
 
 def swept_coords(cfg: DictConfig) -> dict:
@@ -87,7 +88,9 @@ def _parse_scalar(text: str):
     return text
 
 
-def task(cfg: DictConfig) -> None:
+def task(cfg: DictConfig) -> float | None:
+    """Run what ``cfg`` says; return the last validation accuracy (R^2 for regression) of a single run,
+    the objective hydra's tuning sweepers maximise."""
     from hydra.core.hydra_config import HydraConfig
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.learner.name == "all":
@@ -115,18 +118,24 @@ def task(cfg: DictConfig) -> None:
         params = OmegaConf.to_container(OmegaConf.merge(params, cfg.learner_overrides[cfg.learner.name]),
                                         resolve=True)
     result = run_one(cfg, params, out_dir, swept_coords(cfg))
-    acc = result.results["accuracy"].sel(split="test").values[-1] if "accuracy" in result.results else None
-    summary = f"{cfg.learner.name}: test accuracy {acc:.4f}" if acc is not None else f"{cfg.learner.name}: done"
-    print(f"{summary} ({out_dir / 'results.nc'})", flush=True)
+    res = result.results
+    metric = "accuracy" if "accuracy" in res else "r2" if "r2" in res else None
+    if metric is None:
+        print(f"{cfg.learner.name}: done ({out_dir / 'results.nc'})", flush=True)
+        return None
+    test = float(res[metric].sel(split="test").values[-1])
+    print(f"{cfg.learner.name}: test {metric} {test:.4f} ({out_dir / 'results.nc'})", flush=True)
+    val = float(res[metric].sel(split="val").values[-1])
+    return val if val == val else test  # NaN when there is no validation split
 
 
 def _hydra_main():
     import hydra
 
     @hydra.main(version_base="1.3", config_path="configs", config_name="config")
-    def entry(cfg: DictConfig) -> None:
+    def entry(cfg: DictConfig):
         try:
-            task(cfg)
+            return task(cfg)
         except AltlearnError as err:
             print(f"altlearn: error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)

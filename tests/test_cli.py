@@ -55,7 +55,7 @@ FAST = ["loop.progress=false", "loop.n_epochs=2"]
 def test_single_run_writes_results(tmp_path):
     out = altlearn("learner=backprop", "data=blobs", *FAST, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "backprop: test accuracy" in out.stdout
+    assert "backprop: test accuracy" in out.stdout  # the printed summary names the metric
     assert (tmp_path / "run" / "results.nc").is_file()
 
 
