@@ -102,13 +102,27 @@ class LearnedSchedule(nn.Module):
         self.gamma_0 = nn.Parameter(torch.tensor(float(gamma_label)))   # label end, γ(1)
         self.gamma_1 = nn.Parameter(torch.tensor(float(gamma_noise)))   # noise end, γ(0)
 
+    def _tilde_and_slope(self, t: torch.Tensor):
+        """γ̃(t) = w2 · σ(w1 t + b1) + b2 and its derivative w2 · (σ(1 − σ) ⊙ w1), written out."""
+        w1, w2 = F.softplus(self.l1.raw_weight).reshape(-1), F.softplus(self.l2.raw_weight).reshape(-1)
+        s = torch.sigmoid(t.reshape(-1, 1) * w1 + self.l1.bias)
+        value = s @ w2 + self.l2.bias
+        slope = (s * (1 - s) * w1) @ w2
+        return value.reshape(t.shape), slope.reshape(t.shape)
+
     def gamma_tilde(self, t: torch.Tensor) -> torch.Tensor:
         return self.l2(torch.sigmoid(self.l1(t.reshape(-1, 1)))).reshape(t.shape)
 
+    def gamma_and_slope(self, t: torch.Tensor):
+        """γ(t) and dγ/dt."""
+        ends, _ = self._tilde_and_slope(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
+        value, slope = self._tilde_and_slope(t)
+        span = ends[1] - ends[0]
+        gamma = self.gamma_0 + (self.gamma_1 - self.gamma_0) * (1 - (value - ends[0]) / span)
+        return gamma, -(self.gamma_1 - self.gamma_0) * slope / span
+
     def gamma(self, t: torch.Tensor) -> torch.Tensor:
-        ends = self.gamma_tilde(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
-        g_bar = (self.gamma_tilde(t) - ends[0]) / (ends[1] - ends[0])
-        return self.gamma_0 + (self.gamma_1 - self.gamma_0) * (1 - g_bar)
+        return self.gamma_and_slope(t)[0]
 
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(-self.gamma(t))
@@ -116,9 +130,13 @@ class LearnedSchedule(nn.Module):
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         return torch.exp(-self.gamma(t))
 
-    def snr_and_derivative(self, t: torch.Tensor, create_graph: bool = True):
-        """SNR(t) and SNR'(t) by autograd w.r.t. t (paper App. B); the graph to ψ is kept."""
-        t = t.detach().requires_grad_(True)
-        value = self.snr(t)
-        (deriv,) = torch.autograd.grad(value.sum(), t, create_graph=create_graph)
-        return value, deriv
+    def snr_and_derivative(self, t: torch.Tensor):
+        """SNR(t) and SNR'(t) = −γ'(t) exp(−γ(t)), both differentiable w.r.t. ψ.
+
+        The paper takes SNR' by autograd w.r.t. t (App. B); the chain rule written
+        out gives the same number (tested against autograd and finite differences)
+        without a double backward, which made a CT step 2.5x slower on CPU.
+        """
+        gamma, slope = self.gamma_and_slope(t)
+        snr_t = torch.exp(-gamma)
+        return snr_t, -slope * snr_t

@@ -35,7 +35,7 @@ class NoPropBackprop(NoPropBase):
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch")
     contract_params = {"n_blocks": 3, "optimizer": {"name": "adamw", "lr": 0.005, "weight_decay": 1e-3}}
-    contract_epochs = 20
+    contract_epochs = 12
 
     def init(self, network, data_info, seed):
         check_positive("n_blocks", self.n_blocks)

@@ -38,7 +38,7 @@ class NoPropFM(NoPropBase):
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch")
     contract_params = {"optimizer": {"name": "adam", "lr": 0.005, "weight_decay": 1e-3}, "inference_steps": 50}
-    contract_epochs = 20
+    contract_epochs = 12
 
     def init(self, network, data_info, seed):
         check_choice("integrator", self.integrator, INTEGRATORS)
@@ -87,16 +87,19 @@ class NoPropFM(NoPropBase):
         self.end_update(state)
         return state, {"loss": loss.item(), **metrics}
 
-    def integrate(self, state, x, gen, steps: int) -> torch.Tensor:
+    def integrate(self, state, x, gen, steps: int, field=None) -> torch.Tensor:
+        """z_1 from z_0 ~ N(0, I) along dz/dt = field(z, t) (default: the learned v̂)."""
         W = state.network.embedding.weight
-        hx = state.network.blocks[0].features(x)
+        if field is None:
+            hx = state.network.blocks[0].features(x)
+            field = lambda z, t: self.velocity(state, z, t, hx=hx)   # noqa: E731
         z = torch.randn(len(x), W.shape[1], generator=gen, device=x.device)
         dt = 1.0 / steps
         for k in range(steps):
             t = torch.full((len(x),), k * dt, device=x.device)
-            v = self.velocity(state, z, t, hx=hx)
+            v = field(z, t)
             if self.integrator == "heun":
-                v_next = self.velocity(state, z + dt * v, t + dt, hx=hx)
+                v_next = field(z + dt * v, t + dt)
                 v = (v + v_next) / 2
             z = z + dt * v
         return z
