@@ -39,8 +39,8 @@ import torch
 import xarray as xr
 
 from experiments.datasets import Dataset
-from experiments.errors import ConfigError, TrainingDiverged
-from experiments.fit import (FitResult, LoopConfig, Run, _count_parameters, _network_name, _train_epoch, as_spec,
+from experiments.errors import ConfigError
+from experiments.fit import (FitResult, guarded, LoopConfig, Run, _count_parameters, _network_name, _train_epoch, as_spec,
                              evaluate, to_tensor)
 from experiments.memory import PeakMemory
 from experiments.recording import provenance, results_dataset, write_results
@@ -297,10 +297,7 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
             if head_mask is not None:
                 head_mask.set(None)
 
-    memory.start()
-    for cb in callbacks:
-        cb.on_fit_start(run)
-    try:
+    with guarded(run, memory, callbacks, attrs, save):
         for t, task in enumerate(stream.tasks):
             t0 = time.perf_counter()
             run.state = learner.begin_task(run.state, task)
@@ -340,15 +337,6 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
                 for cb in callbacks:
                     cb.on_epoch_end(run, record)
                 save()
-    except TrainingDiverged:
-        run.status = "diverged"
-        save()
-        raise
-    finally:
-        attrs["peak_memory_total"] = memory.stop()
-        for cb in callbacks:
-            cb.on_fit_end(run)
-    run.status = "complete"
     return FitResult(state=run.state, results=save(), run=run)
 
 

@@ -1,6 +1,7 @@
 """The one fit loop, used by every learner, the CLI, the demos and the tests."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -213,11 +214,8 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
             write_results(ds, out_path)
         return ds
 
-    memory.start()
     best, since_best = None, 0
-    for cb in callbacks:
-        cb.on_fit_start(run)
-    try:
+    with guarded(run, memory, callbacks, attrs, save):
         for epoch in range(loop.n_epochs):
             run.epoch = epoch
             record = _train_epoch(run, x_train, y_train, batch_size, order_rng, callbacks)
@@ -243,6 +241,23 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
                 if since_best >= es.patience:
                     attrs["stopped_early_at_epoch"] = epoch + 1
                     break
+    return FitResult(state=run.state, results=save(), run=run)
+
+
+@contextlib.contextmanager
+def guarded(run: Run, memory: PeakMemory, callbacks, attrs: dict, save):
+    """The frame of every training run (fit and continual streams alike).
+
+    Starts memory sampling and the callbacks; on divergence marks the run and
+    saves what was recorded before re-raising; always stops the sampler (into
+    ``attrs["peak_memory_total"]``) and closes the callbacks; marks the run
+    complete when the body finishes.
+    """
+    memory.start()
+    for cb in callbacks:
+        cb.on_fit_start(run)
+    try:
+        yield
     except TrainingDiverged:
         run.status = "diverged"
         save()
@@ -252,7 +267,6 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
         for cb in callbacks:
             cb.on_fit_end(run)
     run.status = "complete"
-    return FitResult(state=run.state, results=save(), run=run)
 
 
 def _train_epoch(run: Run, x_train, y_train, batch_size, order_rng, callbacks) -> dict:
