@@ -136,12 +136,12 @@ def test_numba_weak_learner_matches_numpy_reference(act):
     X, R = rng.normal(size=(40, 5)), rng.normal(size=(40, 3))
     params = [rng.normal(size=(4, 5)), rng.normal(size=4), rng.normal(size=(3, 4)), np.zeros(3)]
     a, b = [p.copy() for p in params], [p.copy() for p in params]
-    la = fit_step_adam(X, R, *a, ACTIVATIONS[act], 25, 0.01, 1e-3)
-    lb = fit_step_adam_numpy(X, R, *b, ACTIVATIONS[act], 25, 0.01, 1e-3)
+    la, _ = fit_step_adam(X, R, *a, ACTIVATIONS[act], 25, 0.01, 1e-3)
+    lb, _ = fit_step_adam_numpy(X, R, *b, ACTIVATIONS[act], 25, 0.01, 1e-3)
     assert la == pytest.approx(lb, rel=1e-9)
     for p, q in zip(a, b):
         np.testing.assert_allclose(p, q, rtol=1e-8, atol=1e-10)
-    assert la < fit_step_adam(X, R, *[p.copy() for p in params], ACTIVATIONS[act], 0, 0.01, 1e-3)
+    assert la < fit_step_adam(X, R, *[p.copy() for p in params], ACTIVATIONS[act], 0, 0.01, 1e-3)[0]
 
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
@@ -152,14 +152,39 @@ def test_numba_lbfgs_matches_numpy_reference_and_beats_adam(act):
     params = [rng.normal(size=(4, 5)), rng.normal(size=4), rng.normal(size=(3, 4)), np.zeros(3)]
     a, b = [p.copy() for p in params], [p.copy() for p in params]
     # few iterations: on a non-convex objective rounding differences grow with the iterations
-    la = fit_step_lbfgs(X, R, *a, ACTIVATIONS[act], 8, 10, 1e-3)
-    lb = fit_step_lbfgs_numpy(X, R, *b, ACTIVATIONS[act], 8, 10, 1e-3)
+    (la, ia), (lb, ib) = (fit_step_lbfgs(X, R, *a, ACTIVATIONS[act], 8, 10, 1e-3),
+                          fit_step_lbfgs_numpy(X, R, *b, ACTIVATIONS[act], 8, 10, 1e-3))
     assert la == pytest.approx(lb, rel=1e-7)
+    assert ia == ib == 8
     for p, q in zip(a, b):
         np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-8)
-    long_lbfgs = fit_step_lbfgs(X, R, *[p.copy() for p in params], ACTIVATIONS[act], 60, 10, 1e-3)
-    long_adam = fit_step_adam(X, R, *[p.copy() for p in params], ACTIVATIONS[act], 60, 0.01, 1e-3)
+    long_lbfgs, _ = fit_step_lbfgs(X, R, *[p.copy() for p in params], ACTIVATIONS[act], 60, 10, 1e-3)
+    long_adam, _ = fit_step_adam(X, R, *[p.copy() for p in params], ACTIVATIONS[act], 60, 0.01, 1e-3)
     assert long_lbfgs < long_adam
+
+
+@pytest.mark.parametrize("ftol, gtol", [(1e-3, 0.0), (0.0, 5e-2)])
+def test_lbfgs_stops_by_scipys_rules(ftol, gtol):
+    """The relative-decrease and gradient rules end the fit early, at the same iteration in numba
+    and numpy, and the rule that fired holds at the stopping point."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 5))
+    R = np.tanh(X[:, :2]) + 0.1 * rng.normal(size=(60, 2))
+    params = [rng.normal(size=(3, 5)), rng.normal(size=3), rng.normal(size=(2, 3)), np.zeros(2)]
+    a, b = [p.copy() for p in params], [p.copy() for p in params]
+    (la, ia), (lb, ib) = (fit_step_lbfgs(X, R, *a, 0, 500, 10, 1e-3, ftol, gtol),
+                          fit_step_lbfgs_numpy(X, R, *b, 0, 500, 10, 1e-3, ftol, gtol))
+    assert ia == ib and 0 < ia < 500
+    assert la == pytest.approx(lb, rel=1e-6)
+    if gtol:
+        from learners._kernels.boosting import _loss_grad_numpy, _pack
+        _, grad = _loss_grad_numpy(_pack(*a), X, R, 3, 2, 0, 1e-3)
+        assert np.max(np.abs(grad)) <= gtol
+    else:
+        # one more iteration from where it stopped lowers the loss by less than ftol (relative),
+        # or not at all: so did the last one, which is why it stopped
+        before = fit_step_lbfgs(X, R, *[p.copy() for p in params], 0, ia - 1, 10, 1e-3)[0]
+        assert (before - la) / max(abs(before), abs(la), 1) <= ftol
 
 
 @pytest.mark.parametrize("solver", ["lbfgs", "adam"])

@@ -56,6 +56,22 @@ def test_never_calls_autograd(mode, monkeypatch):
     assert all(not p.requires_grad for ps in learner.block_parameters(state) for p in ps)
 
 
+@pytest.mark.parametrize("widths,activation", [((6, 5, 4), "tanh"), ((7,), "tanh"), ((7,), "relu"),
+                                               ((5, 4), "sigmoid"), ((5,), "gelu"), ((3, 4), "leaky_relu")])
+def test_whole_network_fitness_matches_the_numpy_reference(widths, activation, monkeypatch):
+    """The chunked torch fitness (tanh as a folded sigmoid, bias inside the GEMM) scores every
+    particle as the plain numpy forward pass does, also with saturating weights and several chunks."""
+    import learners.particle_swarm as ps
+    monkeypatch.setattr(ps, "_CHUNK_FLOATS", 3 * 24 * widths[0])      # 3 particles per chunk
+    learner, state, X, y = _setup("global", widths, activation, n_particles=8)
+    P = state.P * 4.0                                                  # well into saturation
+    numpy_learner = make_learner("particle_swarm", mode="global", n_particles=8, kernel="numpy")
+    expected = numpy_learner.swarm_fitness(state, P, X, y)
+    got = learner.swarm_fitness(state, P, X, y)
+    assert expected.std() > 0.1                                        # the particles differ
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("widths,activation", [((6, 5, 4), "tanh"), ((7,), "relu"), ((5, 4), "sigmoid")])
 def test_fused_sweep_matches_the_numpy_reference(widths, activation):
     learner, a, X, y = _setup(widths=widths, activation=activation, iterations=2)
