@@ -99,6 +99,21 @@ def write_results(ds: xr.Dataset, path: str | Path) -> Path:
     return path
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (temp file in the same folder, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def read_results(path: str | Path) -> xr.Dataset:
     """Load one ``results.nc`` fully into memory (the file is closed afterwards)."""
     path = Path(path)
