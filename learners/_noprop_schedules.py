@@ -140,3 +140,23 @@ class LearnedSchedule(nn.Module):
         gamma, slope = self.gamma_and_slope(t)
         snr_t = torch.exp(-gamma)
         return snr_t, -slope * snr_t
+
+
+def times_uniform_in_snr(schedule: LearnedSchedule, u: torch.Tensor, iterations: int = 50) -> torch.Tensor:
+    """t with SNR(t) = SNR(0) + u (SNR(1) − SNR(0)), u in [0, 1): times whose SNR is uniform.
+
+    The density of such t is p(t) = SNR'(t) / (SNR(1) − SNR(0)), proportional to Eq. 9's weight,
+    so E_p[SNR'(t) ‖û − u_y‖² / p(t)] is the paper's denoising term with a constant weight: the
+    same expectation as t ~ U(0, 1), without the weight's spread of several orders of magnitude.
+    γ is monotone, so the inverse is found by bisection (no gradient: t is a sample).
+    """
+    with torch.no_grad():
+        ends = schedule.snr(torch.tensor([0.0, 1.0], dtype=u.dtype, device=u.device))
+        target = -torch.log(ends[0] + u * (ends[1] - ends[0]))          # the γ to reach
+        lo, hi = torch.zeros_like(u), torch.ones_like(u)
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            above = schedule.gamma(mid) > target                         # γ decreases in t
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return (lo + hi) / 2

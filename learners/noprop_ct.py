@@ -19,10 +19,11 @@ from torch.nn import functional as F
 from experiments.errors import ConfigError
 from learners._noprop_base import NoPropBase, check_choice, check_positive, softmax_mix
 from learners._noprop_schedules import (LearnedSchedule, kl_to_standard_normal, posterior_coefficients,
-                                        sample_marginal)
+                                        sample_marginal, times_uniform_in_snr)
 from learners.base import Tags, register
 
 INTEGRATORS = ("ancestral", "ddim")
+TIME_SAMPLING = ("uniform", "snr")
 
 
 @register("noprop_ct")
@@ -46,6 +47,11 @@ class NoPropCT(NoPropBase):
     # SNR > 10 where z nearly gives the label away, and CT learned to read x slowly (85% vs 95%).
     gamma_label_init: float = -4.0
     integrator: str = "ancestral"
+    # How Eq. 9's E_t is estimated. "uniform": t ~ U(0, 1) weighted by SNR'(t), the paper's
+    # Algorithm 2. "snr": importance sampling, t drawn so that SNR(t) is uniform (density
+    # proportional to SNR'), weight SNR'/p = SNR(1) − SNR(0): the same expectation and gradient,
+    # with a constant weight (a departure in the estimator, not the objective).
+    time_sampling: str = "uniform"
     inference_steps: int = 1000
     eval_steps: int = 20
     batch_norm: bool | None = False
@@ -58,6 +64,7 @@ class NoPropCT(NoPropBase):
 
     def init(self, network, data_info, seed):
         check_choice("integrator", self.integrator, INTEGRATORS)
+        check_choice("time_sampling", self.time_sampling, TIME_SAMPLING)
         for key in ("time_dim", "schedule_hidden", "inference_steps", "eval_steps"):
             check_positive(key, getattr(self, key))
         if not self.eta > 0:
@@ -79,12 +86,19 @@ class NoPropCT(NoPropBase):
         u = model.embedding(y)
         target = u.detach() if self.detach_target else u
         t = torch.rand(len(x), generator=gen, device=x.device)
+        if self.time_sampling == "snr":
+            t = times_uniform_in_snr(model.schedule, t)
         snr_t, snr_prime = model.schedule.snr_and_derivative(t)
+        weight = snr_prime
+        if self.time_sampling == "snr":
+            # divide by the sampling density p(t) = SNR'(t) / (SNR(1) - SNR(0)), held fixed
+            ends = model.schedule.snr(torch.tensor([0.0, 1.0], device=x.device)).detach()
+            weight = snr_prime * ((ends[1] - ends[0]) / snr_prime.detach())
         alpha_bar_t = (snr_t / (1 + snr_t)).unsqueeze(1)
         z_t = sample_marginal(u, alpha_bar_t, gen)
         u_hat = softmax_mix(model.blocks[0](x, z_t, t), model.embedding.weight)
         sq_err = ((u_hat - target) ** 2).sum(1)
-        denoise = (self.eta / 2 * snr_prime * sq_err).mean()
+        denoise = (self.eta / 2 * weight * sq_err).mean()
         ends = model.schedule.alpha_bar(torch.tensor([0.0, 1.0], device=x.device))
         ce = F.cross_entropy(model.classifier(sample_marginal(u, ends[1], gen)), y)
         kl = kl_to_standard_normal(u, ends[0]).mean()

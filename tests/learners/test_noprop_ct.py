@@ -106,7 +106,8 @@ def test_spread_over_inference_runs_is_recorded():
     assert metrics["run_accuracy_std"][0] >= 0
 
 
-@pytest.mark.parametrize("key,value", [("integrator", "rk4"), ("eval_steps", 0), ("gamma_noise_init", -10.0)])
+@pytest.mark.parametrize("key,value", [("integrator", "rk4"), ("eval_steps", 0), ("gamma_noise_init", -10.0),
+                                       ("time_sampling", "beta")])
 def test_bad_settings_name_the_key(key, value):
     with pytest.raises(ConfigError, match=key):
         make_state("noprop_ct", **{key: value})
@@ -120,5 +121,39 @@ def test_two_class_problem_in_seconds():
     (docs/noprop.md)."""
     learner, state, x, y = make_state("noprop_ct", n_classes=2, dim=2, n=512, inference_steps=50,
                                       optimizer={"name": "adam", "lr": 0.01})
+    train_steps(learner, state, x[:256], y[:256], epochs=10)
+    assert accuracy(learner, state, x[256:], y[256:]) > 0.9
+
+
+def test_snr_time_sampling_inverts_the_schedule_and_keeps_the_expectation():
+    """Importance sampling of t (SNR uniform) lands on the requested SNR, and the weighted
+    estimate of Eq. 9's denoising integral agrees with the paper's uniform-t estimate."""
+    from learners._noprop_schedules import times_uniform_in_snr
+    schedule = LearnedSchedule(hidden=8, gamma_noise=5.0, gamma_label=-3.0, seed=3).double()
+    gen = torch.Generator().manual_seed(0)
+    u = torch.rand(4000, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        t = times_uniform_in_snr(schedule, u)
+        ends = schedule.snr(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        torch.testing.assert_close(schedule.snr(t), ends[0] + u * (ends[1] - ends[0]), rtol=1e-9, atol=1e-12)
+
+        def err(tt):                       # any smooth stand-in for ‖û − u_y‖² along t
+            return torch.cos(3 * tt) ** 2 + tt
+
+        uniform = torch.rand(400_000, generator=gen, dtype=torch.float64)
+        _, slope = schedule.snr_and_derivative(uniform)
+        paper = (slope * err(uniform)).mean()
+        t_is = times_uniform_in_snr(schedule, torch.rand(400_000, generator=gen, dtype=torch.float64))
+        sampled = ((ends[1] - ends[0]) * err(t_is)).mean()
+        fine = torch.linspace(0, 1, 200_001, dtype=torch.float64)
+        exact = torch.trapezoid(schedule.snr_and_derivative(fine)[1] * err(fine), fine)
+    assert sampled.item() == pytest.approx(exact.item(), rel=5e-3)
+    assert paper.item() == pytest.approx(exact.item(), rel=5e-2)   # same target, far noisier
+
+
+@pytest.mark.slow
+def test_snr_time_sampling_learns_two_blobs():
+    learner, state, x, y = make_state("noprop_ct", n_classes=2, dim=2, n=512, inference_steps=50,
+                                      time_sampling="snr", optimizer={"name": "adam", "lr": 0.01})
     train_steps(learner, state, x[:256], y[:256], epochs=10)
     assert accuracy(learner, state, x[256:], y[256:]) > 0.9
