@@ -50,10 +50,9 @@ def selection_table(folder: str | Path, keys: list[str], metric: str | None = No
             raise DataError(f"{path} records no {name!r}; pick --metric from {sorted(ds.data_vars)}")
         config = yaml.safe_load(ds.attrs["config"])
         setting = tuple(config_value(config, k) for k in keys)
-        entry = scores.setdefault(setting, {"select": [], "test": [], "seeds": []})
+        entry = scores.setdefault(setting, {"select": [], "test": []})
         entry["select"].append(float(ds[name].sel(split=split).values[-1]))
         entry["test"].append(float(ds[name].sel(split="test").values[-1]))
-        entry["seeds"].append(int(ds["seed"].values))
     if not scores:
         raise DataError(f"no complete run under {folder}")
     order = sorted(scores, key=lambda s: -np.mean(scores[s]["select"]))

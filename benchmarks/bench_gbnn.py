@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from experiments.datasets import load_dataset  # noqa: E402
 
 TABULAR = ("digits", "breast_cancer", "wine", "diabetes")
+PEER = "gbnn 0.0.2 (L-BFGS)"
 
 
 def _flat(data):
@@ -96,7 +97,7 @@ def speed(seeds, settings_list, out):
             label = ", ".join(f"{k}={v}" for k, v in settings.items())
             for name, fn in (("altlearn (numba)", lambda: fit_ours(settings, seed, data, "numba")),
                              ("altlearn (numpy kernel)", lambda: fit_ours(settings, seed, data, "numpy")),
-                             ("gbnn 0.0.2 (L-BFGS)", lambda: fit_peer(settings, seed, data))):
+                             (PEER, lambda: fit_peer(settings, seed, data))):
                 seconds, acc = fn()
                 rows.append([label, seed, name, seconds, 100 * acc])
                 print(rows[-1], flush=True)
@@ -123,7 +124,7 @@ def summary_table(rows) -> str:
     for label, _, name, seconds, acc in rows:
         by.setdefault(label, {}).setdefault(name, []).append((seconds, acc))
     for label, impls in by.items():
-        peer_times = [t for t, _ in impls.get("gbnn 0.0.2 (L-BFGS)", [(np.nan, 0)])]
+        peer_times = [t for t, _ in impls.get(PEER, [(np.nan, 0)])]
         peer, peer_median = np.mean(peer_times), np.median(peer_times)
         for name, values in impls.items():
             t, t_median = np.mean([v[0] for v in values]), np.median([v[0] for v in values])

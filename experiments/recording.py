@@ -84,34 +84,30 @@ def flat_attrs(attrs: dict) -> dict:
     return out
 
 
-def write_results(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write ``ds`` to ``path`` atomically: a temp file in the same folder, then a rename."""
+def _write_atomic(path: str | Path, write) -> Path:
+    """``write(tmp)`` to a temp file in ``path``'s folder, then rename it over ``path``: a reader
+    never sees a half-written file, and a failed write leaves the old one in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine=ENGINE)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_results(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write ``ds`` to ``path`` atomically."""
+    return _write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (temp file in the same folder, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a text file atomically."""
+    return _write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_results(path: str | Path) -> xr.Dataset:

@@ -142,8 +142,9 @@ class LearnedSchedule(nn.Module):
         return snr_t, -slope * snr_t
 
 
-def times_uniform_in_snr(schedule: LearnedSchedule, u: torch.Tensor, iterations: int = 50) -> torch.Tensor:
-    """t with SNR(t) = SNR(0) + u (SNR(1) − SNR(0)), u in [0, 1): times whose SNR is uniform.
+def times_uniform_in_snr(schedule: LearnedSchedule, u: torch.Tensor, iterations: int = 50):
+    """(t, SNR(1) − SNR(0)): t with SNR(t) = SNR(0) + u (SNR(1) − SNR(0)), u in [0, 1), so that
+    SNR(t) is uniform; the span, detached, normalises the sampling density.
 
     The density of such t is p(t) = SNR'(t) / (SNR(1) − SNR(0)), proportional to Eq. 9's weight,
     so E_p[SNR'(t) ‖û − u_y‖² / p(t)] is the paper's denoising term with a constant weight: the
@@ -159,4 +160,4 @@ def times_uniform_in_snr(schedule: LearnedSchedule, u: torch.Tensor, iterations:
             above = schedule.gamma(mid) > target                         # γ decreases in t
             lo = torch.where(above, mid, lo)
             hi = torch.where(above, hi, mid)
-        return (lo + hi) / 2
+        return (lo + hi) / 2, ends[1] - ends[0]

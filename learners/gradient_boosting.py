@@ -220,9 +220,9 @@ class GradientBoosting(Learner):
             raise bad("subsample", self.subsample, "it must be in (0, 1]")
         if not self.shrinkage > 0:
             raise bad("shrinkage", self.shrinkage, "it must be positive")
-        if not (self.step_ftol >= 0 and self.step_gtol >= 0):
-            raise bad("step_ftol" if not self.step_ftol >= 0 else "step_gtol",
-                      self.step_ftol if not self.step_ftol >= 0 else self.step_gtol, "it must be >= 0 (0: off)")
+        for key in ("step_ftol", "step_gtol"):
+            if not getattr(self, key) >= 0:
+                raise bad(key, getattr(self, key), "it must be >= 0 (0: off)")
         if self.n_active_units is not None and (self.n_active_units < 0
                                                 or self.n_active_units % self.units_per_step):
             raise bad("n_active_units", self.n_active_units,

@@ -86,14 +86,12 @@ class NoPropCT(NoPropBase):
         u = model.embedding(y)
         target = u.detach() if self.detach_target else u
         t = torch.rand(len(x), generator=gen, device=x.device)
+        span = None
         if self.time_sampling == "snr":
-            t = times_uniform_in_snr(model.schedule, t)
+            t, span = times_uniform_in_snr(model.schedule, t)
         snr_t, snr_prime = model.schedule.snr_and_derivative(t)
-        weight = snr_prime
-        if self.time_sampling == "snr":
-            # divide by the sampling density p(t) = SNR'(t) / (SNR(1) - SNR(0)), held fixed
-            ends = model.schedule.snr(torch.tensor([0.0, 1.0], device=x.device)).detach()
-            weight = snr_prime * ((ends[1] - ends[0]) / snr_prime.detach())
+        # importance sampling divides by the density p(t) = SNR'(t) / span, held fixed
+        weight = snr_prime if span is None else snr_prime * (span / snr_prime.detach())
         alpha_bar_t = (snr_t / (1 + snr_t)).unsqueeze(1)
         z_t = sample_marginal(u, alpha_bar_t, gen)
         u_hat = softmax_mix(model.blocks[0](x, z_t, t), model.embedding.weight)

@@ -376,7 +376,8 @@ def _batched_cross_entropy(state, Pt, X, y):
     k, n, L = Pt.shape[0], X.shape[0], state.n_layers
     acts = [int(a) for a in state.acts]
     tanh = [a == 1 for a in acts]
-    layers = [_layer_weights(state, Pt, l, l > 0 and tanh[l - 1], tanh[l]) for l in range(L)]
+    folded = [tanh[l] and l < L - 1 for l in range(L)]       # tanh output passed on as sigmoid(2z)
+    layers = [_layer_weights(state, Pt, l, l > 0 and folded[l - 1], tanh[l]) for l in range(L)]
     W0, b0 = layers[0]
     h0 = W0.shape[1]
     stacked = torch.cat([W0, b0[:, :, None]], 2).permute(2, 0, 1).reshape(W0.shape[2] + 1, k * h0)
@@ -389,11 +390,11 @@ def _batched_cross_entropy(state, Pt, X, y):
         e = min(k, s + chunk)
         H = buf[:, :(e - s) * h0]
         torch.mm(X1, stacked[:, s * h0:e * h0], out=H)
-        H = _activate_(H, acts[0], tanh[0] and L > 1)
+        H = _activate_(H, acts[0], folded[0])
         H = H.view(n, e - s, h0).permute(1, 2, 0)                 # (particles, units, samples) view
         for l in range(1, L):
             W, b = layers[l]
-            H = _activate_(torch.baddbmm(b[s:e, :, None], W[s:e], H), acts[l], tanh[l] and l < L - 1)
+            H = _activate_(torch.baddbmm(b[s:e, :, None], W[s:e], H), acts[l], folded[l])
         m = H.amax(1, keepdim=True)                               # logits (particles, classes, samples)
         picked = H.gather(1, index.expand(e - s, 1, n))
         lse = (H - m).exp_().sum(1, keepdim=True).log_().add_(m)

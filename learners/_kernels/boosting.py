@@ -71,8 +71,8 @@ def _loss_grad(theta, X, XT, RT, J, K, act, l2, grad, Z, H, E, dZ, gW1):
 
     Samples run along the last axis (``XT`` d x n, residuals ``RT`` K x n, scratch ``Z, H, dZ``
     J x n and ``E`` K x n) so that every elementwise loop is contiguous and vectorises, and the two
-    products with the data are BLAS calls (W1 XT and dZ X). One row-at-a-time loop nest was 2x
-    slower per call (tests/learners/test_gradient_boosting.py checks both against numpy)."""
+    products with the data are BLAS calls (W1 XT and dZ X). The former row-at-a-time loop nest was
+    about 2x slower per call; tests/learners/test_gradient_boosting.py checks this against numpy."""
     n, d = X.shape
     o_b1 = J * d
     o_W2 = o_b1 + J

@@ -133,7 +133,7 @@ def test_snr_time_sampling_inverts_the_schedule_and_keeps_the_expectation():
     gen = torch.Generator().manual_seed(0)
     u = torch.rand(4000, generator=gen, dtype=torch.float64)
     with torch.no_grad():
-        t = times_uniform_in_snr(schedule, u)
+        t, _ = times_uniform_in_snr(schedule, u)
         ends = schedule.snr(torch.tensor([0.0, 1.0], dtype=torch.float64))
         torch.testing.assert_close(schedule.snr(t), ends[0] + u * (ends[1] - ends[0]), rtol=1e-9, atol=1e-12)
 
@@ -143,7 +143,7 @@ def test_snr_time_sampling_inverts_the_schedule_and_keeps_the_expectation():
         uniform = torch.rand(400_000, generator=gen, dtype=torch.float64)
         _, slope = schedule.snr_and_derivative(uniform)
         paper = (slope * err(uniform)).mean()
-        t_is = times_uniform_in_snr(schedule, torch.rand(400_000, generator=gen, dtype=torch.float64))
+        t_is, _ = times_uniform_in_snr(schedule, torch.rand(400_000, generator=gen, dtype=torch.float64))
         sampled = ((ends[1] - ends[0]) * err(t_is)).mean()
         fine = torch.linspace(0, 1, 200_001, dtype=torch.float64)
         exact = torch.trapezoid(schedule.snr_and_derivative(fine)[1] * err(fine), fine)
