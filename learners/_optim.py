@@ -46,6 +46,9 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.name={self.name!r} is not known; allowed: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optimizer.schedule={self.schedule!r} is not known; allowed: {', '.join(SCHEDULES)}")
+        if self.name == "adamw_schedulefree" and self.schedule != "constant":
+            raise ConfigError(f"optimizer.schedule={self.schedule!r}: adamw_schedulefree replaces the schedule; "
+                              "use schedule=constant (warmup_steps is allowed)")
         if not self.lr > 0:
             raise ConfigError(f"optimizer.lr must be positive, got {self.lr}")
         object.__setattr__(self, "betas", tuple(self.betas))

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
+from experiments.errors import ConfigError
+from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler
+from learners._schedule_free import ScheduleFreeEval
 from learners.base import Learner, Tags, TorchState, evaluating, register
 
 
@@ -23,6 +25,9 @@ class Backprop(Learner):
     """Gradient of the task loss through the whole network, one optimiser for all weights."""
 
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
+    # adamw_schedulefree only: training batches kept to refresh batch norm at the averaged weights
+    # before evaluating (as the local rules do, so that a schedule-free comparison is like for like).
+    bn_refresh_batches: int = 50
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch",
                 tasks=("classification", "regression"))
@@ -30,24 +35,31 @@ class Backprop(Learner):
 
     def init(self, network, data_info, seed):
         network = network.to(data_info.device)
+        if self.bn_refresh_batches < 0:
+            raise ConfigError(f"backprop.bn_refresh_batches must be >= 0, got {self.bn_refresh_batches}")
         opt = make_optimizer(network.parameters(), self.optimizer)
         state = TorchState(network=network)
-        state.extra = {"optimizer": opt, "scheduler": make_scheduler(opt, self.optimizer, data_info.total_steps),
-                       "task": data_info.task}
+        # schedule-free optimisers bring their own warmup and need no schedule
+        scheduler = None if is_schedule_free(opt) else make_scheduler(opt, self.optimizer, data_info.total_steps)
+        state.extra = {"optimizer": opt, "scheduler": scheduler, "task": data_info.task,
+                       "schedule_free": ScheduleFreeEval([opt], network, self.bn_refresh_batches)}
         return state
 
     def update(self, state, batch):
         x, y = batch
         opt = state.extra["optimizer"]
+        state.extra["schedule_free"].to_train(x)
         state.network.train()
         loss = task_loss(state.network(x), y, state.extra["task"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        state.extra["scheduler"].step()
+        if state.extra["scheduler"] is not None:
+            state.extra["scheduler"].step()
         state.step += 1
         return state, {"loss": loss.item()}
 
     def predict(self, state, x):
+        state.extra["schedule_free"].to_eval(state.network, state.network)
         with evaluating(state.network) as net:
             return net(x)

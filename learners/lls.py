@@ -15,7 +15,6 @@ ablations: a fixed random matrix (``random_basis``) and a learnable local classi
 """
 from __future__ import annotations
 
-import collections
 import functools
 from dataclasses import dataclass, field
 
@@ -25,7 +24,8 @@ from torch import nn
 
 from experiments.errors import ConfigError
 from learners._lls_basis import WAVEFORMS, periodic_basis
-from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler, schedule_free_mode
+from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler
+from learners._schedule_free import ScheduleFreeEval
 from learners.base import LayerwiseLearner, Tags, TorchState, evaluating, register
 
 VARIANTS = ("lls", "lls_m", "lls_mxm", "lls_mxm_reduced", "random_basis", "local_classifier")
@@ -121,9 +121,6 @@ class LLS(LayerwiseLearner):
                               f"{self.linear_pool}, {self.bn_refresh_batches}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"lls.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.optimizer.name == "adamw_schedulefree" and self.optimizer.schedule != "constant":
-            raise ConfigError(f"lls.optimizer.schedule={self.optimizer.schedule!r}: adamw_schedulefree replaces "
-                              "the schedule; use schedule=constant (warmup_steps is allowed)")
 
     def pool_sizes(self, network) -> list[int]:
         """s per block: first_conv_pool for the first conv block, conv_pool for later ones,
@@ -160,10 +157,8 @@ class LLS(LayerwiseLearner):
         state = TorchState(network=network)
         state.extra = {"heads": heads, "optimizers": optimizers, "schedulers": schedulers, "splits": splits,
                        "pool_sizes": sizes, "total_steps": data_info.total_steps,
-                       "refresh": collections.deque(maxlen=max(self.bn_refresh_batches, 1)),
-                       "eval_point": False, "refreshed_at": None,
-                       "channels_last": self._channels_last(data_info.input_shape),
-                       "has_bn": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())}
+                       "schedule_free": ScheduleFreeEval(optimizers, network, self.bn_refresh_batches),
+                       "channels_last": self._channels_last(data_info.input_shape)}
         return state
 
     def _channels_last(self, input_shape) -> bool:
@@ -196,20 +191,10 @@ class LLS(LayerwiseLearner):
 
     # --------------------------------------------------------------- training
 
-    def _to_train_point(self, state):
-        if state.extra["eval_point"]:
-            for opt in state.extra["optimizers"]:
-                schedule_free_mode(opt, train=True)
-            state.extra["eval_point"] = False
-
     def first_input(self, state, batch):
-        self._to_train_point(state)
-        state.network.train()
         x = self._layout(state, batch[0])
-        if self.bn_refresh_batches and state.extra["has_bn"]:
-            # The reference refreshes batch norm with the first 50 batches of a new pass over the
-            # training set; the last batches seen are the same distribution and need no loader.
-            state.extra["refresh"].append(x)
+        state.extra["schedule_free"].to_train(x)
+        state.network.train()
         return x
 
     def blocks_to_update(self, state):
@@ -265,26 +250,13 @@ class LLS(LayerwiseLearner):
 
     def prepare_eval(self, state) -> None:
         """Schedule-free: move to the averaged weights and refresh batch norm (once per step)."""
-        ex = state.extra
-        if ex["refreshed_at"] == state.step and (ex["eval_point"] or not self._schedule_free(state)):
-            return
-        if self._schedule_free(state) and not ex["eval_point"]:
-            for opt in ex["optimizers"]:
-                schedule_free_mode(opt, train=False)
-            ex["eval_point"] = True
-            if ex["has_bn"] and self.bn_refresh_batches and ex["refresh"]:
-                net, was_training = state.network, state.network.training
-                net.train()
-                with torch.no_grad():
-                    for x in ex["refresh"]:
-                        for block in net.blocks:
-                            x = block(x)
-                net.train(was_training)
-        ex["refreshed_at"] = state.step
+        blocks = state.network.blocks
 
-    @staticmethod
-    def _schedule_free(state) -> bool:
-        return any(is_schedule_free(opt) for opt in state.extra["optimizers"])
+        def features(x):
+            for block in blocks:
+                x = block(x)
+
+        state.extra["schedule_free"].to_eval(state.network, features)
 
     def predict(self, state, x):
         self.prepare_eval(state)
