@@ -68,11 +68,12 @@ def fit_peer(settings, seed, data):
     return seconds, acc
 
 
-def fit_ours(settings, seed, data, kernel):
+def fit_ours(settings, seed, data, kernel, step_init="glorot"):
     from learners import make_learner
     from learners.base import DataInfo
     from networks import build, get_preset
     learner = make_learner("gradient_boosting", kernel=kernel, step_lr=settings.get("step_lr", 0.01),
+                           step_init=step_init,
                            **{k: settings[k] for k in ("n_units", "units_per_step", "shrinkage", "subsample",
                                                        "step_iterations")})
     spec = get_preset("mlp_small").resolve(data.input_shape, data.n_classes)
@@ -96,6 +97,8 @@ def speed(seeds, settings_list, out):
             data = load_dataset("digits", seed=seed)
             label = ", ".join(f"{k}={v}" for k, v in settings.items())
             for name, fn in (("altlearn (numba)", lambda: fit_ours(settings, seed, data, "numba")),
+                             ("altlearn (numba, step_init=network)",
+                              lambda: fit_ours(settings, seed, data, "numba", "network")),
                              ("altlearn (numpy kernel)", lambda: fit_ours(settings, seed, data, "numpy")),
                              (PEER, lambda: fit_peer(settings, seed, data))):
                 seconds, acc = fn()
@@ -275,7 +278,7 @@ def main(argv=None):
         return
     reference = {"n_units": 200, "units_per_step": 1, "shrinkage": 1.0, "subsample": 0.5, "step_iterations": 200}
     tuned = {"n_units": 200, "units_per_step": 4, "shrinkage": 0.5, "subsample": 0.5, "step_iterations": 200}
-    speed(args.seeds or [0], [reference, tuned], args.out)
+    speed(args.seeds or list(range(10)), [reference, tuned], args.out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def test_assembled_network_equals_boosted_prediction(kind):
     x = torch.from_numpy(data.x_test)
     boosted = learner.boosted_decision(state, x)                 # F_0 + sum rho_m h_m(x)
     with torch.no_grad():
-        assembled = state.network.double()(x.double()).numpy()   # the shared single-hidden-layer net
+        assembled = state.assembled(torch.float64)(x.double()).numpy()   # the shared single-hidden-layer net
     np.testing.assert_allclose(learner.decision(state.kind, assembled), boosted, atol=1e-6, rtol=0)
     np.testing.assert_allclose(learner.predict(state, x).numpy(), assembled, atol=1e-4, rtol=1e-5)
     if kind == "binary":  # the factor 2: softmax of the two scores is sigmoid(2F)
@@ -128,6 +129,32 @@ def test_earlier_units_never_change():
         np.testing.assert_array_equal(state.bias_steps[:m], before.bias_steps[:m])
         assert not np.array_equal(state.W1[m * J:(m + 1) * J], before.W1[m * J:(m + 1) * J])
     assert state.n_steps_done == learner.n_steps
+
+
+@pytest.mark.parametrize("activation,factor", [("sigmoid", 2.0), ("tanh", 6.0)])
+def test_glorot_start_has_scikit_learns_bounds(activation, factor):
+    """step_init=glorot: the weak learner starts as scikit-learn's MLP does (the reference's weak
+    learner); with zero iterations the fitted unit is its start."""
+    learner, state, data, batch = _trained("multiclass", n_updates=1, step_iterations=0, activation=activation,
+                                           units_per_step=3, n_units=3)
+    d, J, K = state.W1.shape[1], 3, data.n_classes
+    W1, b1, W2, b2, _ = state.steps[0]
+    hidden, out = math.sqrt(factor / (d + J)), math.sqrt(factor / (J + K))
+    assert np.abs(W1).max() <= hidden and np.abs(b1).max() <= hidden
+    assert np.abs(W2).max() <= out and np.abs(b2).max() <= out
+    assert np.abs(W1).max() > 0.8 * hidden and np.abs(W2).max() > 0.5 * out     # the whole range, not a corner
+    assert np.any(b2 != 0)
+
+
+def test_network_start_uses_the_shared_networks_rows():
+    learner, fresh, data, batch = _trained("multiclass", n_updates=0, step_init="network", units_per_step=3,
+                                           n_units=3)
+    learner, state, data, batch = _trained("multiclass", n_updates=1, step_iterations=0, step_init="network",
+                                           units_per_step=3, n_units=3)
+    W1, b1, W2, b2, _ = state.steps[0]
+    np.testing.assert_array_equal(W1, fresh.W1[:3])
+    np.testing.assert_array_equal(b1, fresh.b1[:3])
+    assert np.abs(W2).max() <= 1 / math.sqrt(3) and np.all(b2 == 0)
 
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
@@ -232,7 +259,7 @@ def test_early_stopping_keeps_the_best_held_out_step_count():
     assert not state.W_out[:, state.best_steps * J:].any()
     x = torch.from_numpy(data.x_test)
     with torch.no_grad():
-        assembled = state.network.double()(x.double()).numpy()
+        assembled = state.assembled(torch.float64)(x.double()).numpy()
     np.testing.assert_allclose(learner.decision(state.kind, assembled), learner.boosted_decision(state, x),
                                atol=1e-6, rtol=0)
     held_out = set(state.val_rows.tolist())
