@@ -282,11 +282,12 @@ class ParticleSwarm(Learner):
         if self.reevaluate or not np.isfinite(state.PBf).all():
             state.PBf[:] = self.swarm_fitness(state, state.PB, X, y)
             state.gbest_f = float(self.swarm_fitness(state, gbest[None], X, y)[0])
-        move = K.pso_move if self.kernel == "numba" else K.pso_move_numpy
+        move = K.pso_move_hashed if self.kernel == "numba" else K.pso_move_hashed_numpy
         for _ in range(self.iterations):
-            # float32 draws: half the cost of float64 ones, and ample resolution for r in [0, 1)
-            r1, r2 = state.rng.random((2,) + state.P.shape, dtype=np.float32)
-            move(state.P, state.V, state.PB, gbest.copy(), r1, r2, self.inertia, self.c1, self.c2,
+            # r1, r2 come from a counter-based generator inside the move, seeded from the run's
+            # generator once per iteration (learners/_kernels/swarm.py)
+            seed = int(state.rng.integers(2**62))
+            move(state.P, state.V, state.PB, gbest.copy(), seed, self.inertia, self.c1, self.c2,
                  self.velocity_clamp)
             f = self.swarm_fitness(state, state.P, X, y)
             improved = f < state.PBf
@@ -395,8 +396,8 @@ def _batched_cross_entropy(state, Pt, X, y):
         for l in range(1, L):
             W, b = layers[l]
             H = _activate_(torch.baddbmm(b[s:e, :, None], W[s:e], H), acts[l], folded[l])
-        m = H.amax(1, keepdim=True)                               # logits (particles, classes, samples)
+        # logits (particles, classes, samples): CE = log sum exp(z - max) - (z_y - max), in place
+        H = H.sub_(H.amax(1, keepdim=True))
         picked = H.gather(1, index.expand(e - s, 1, n))
-        lse = (H - m).exp_().sum(1, keepdim=True).log_().add_(m)
-        out[s:e] = (lse - picked).mean((1, 2))
+        out[s:e] = (H.exp_().sum(1, keepdim=True).log_() - picked).mean((1, 2))
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -106,6 +107,29 @@ def test_kernels_match_numpy_references():
     K.pso_move_numpy(P2, V2, pbest, g, r1, r2, 0.7, 1.5, 1.5, 0.3)
     np.testing.assert_allclose(P, P2, rtol=1e-12)
     assert np.abs(V).max() <= 0.3 + 1e-15                        # the velocity clamp holds
+    P3, V3 = P.copy(), V.copy()
+    K.pso_move_hashed(P, V, pbest, g, 2**62 + 17, 0.7, 1.5, 1.5, 0.3)
+    K.pso_move_hashed_numpy(P3, V3, pbest, g, 2**62 + 17, 0.7, 1.5, 1.5, 0.3)
+    np.testing.assert_allclose(P, P3, rtol=1e-12)
+    np.testing.assert_allclose(V, V3, rtol=1e-12)
+
+
+def test_hashed_uniforms_are_uniform_independent_and_seeded():
+    """The whole-network move's in-loop generator (SplitMix64 on a counter): U[0, 1) moments,
+    r1 and r2 uncorrelated, neighbouring elements uncorrelated, a new seed gives a new stream."""
+    r1, r2 = K.hashed_uniforms_numpy(12345, (200, 1000))
+    n = r1.size
+    for r in (r1, r2):
+        assert r.min() >= 0 and r.max() < 1
+        assert abs(r.mean() - 0.5) < 5 * math.sqrt(1 / 12 / n)
+        assert abs(r.var() - 1 / 12) < 5 * math.sqrt(1 / 180 / n)        # var of (u - 1/2)^2 is 1/180
+        assert np.histogram(r, bins=16, range=(0, 1))[0].min() > n / 16 * 0.97
+    assert abs(np.corrcoef(r1.ravel(), r2.ravel())[0, 1]) < 5 / math.sqrt(n)
+    assert abs(np.corrcoef(r1.ravel()[:-1], r1.ravel()[1:])[0, 1]) < 5 / math.sqrt(n)
+    again, _ = K.hashed_uniforms_numpy(12345, (200, 1000))
+    other, _ = K.hashed_uniforms_numpy(12346, (200, 1000))
+    np.testing.assert_array_equal(r1, again)
+    assert np.mean(r1 == other) < 1e-3
 
 
 def test_the_network_loss_never_increases_neuron_by_neuron_on_a_fixed_batch():
