@@ -63,17 +63,24 @@ def activate_numpy(Z, code):
 
 # ------------------------------------------------------------------ swarm move
 
+@njit(cache=True, fastmath=True, inline="always")
+def _velocity(v, p, pb, g, r1, r2, w, c1, c2, vmax):
+    """One coordinate's new velocity, clamped to [-vmax, vmax]."""
+    v = w * v + c1 * r1 * (pb - p) + c2 * r2 * (g - p)
+    if v > vmax:
+        return vmax
+    if v < -vmax:
+        return -vmax
+    return v
+
+
 @njit(cache=True, fastmath=True)
 def pso_move(P, V, pbest, gbest, r1, r2, w, c1, c2, vmax):
     """In place: the velocity and position update above; ``gbest`` (D,) is shared by all particles."""
     k, D = P.shape
     for i in range(k):
         for d in range(D):
-            v = w * V[i, d] + c1 * r1[i, d] * (pbest[i, d] - P[i, d]) + c2 * r2[i, d] * (gbest[d] - P[i, d])
-            if v > vmax:
-                v = vmax
-            elif v < -vmax:
-                v = -vmax
+            v = _velocity(V[i, d], P[i, d], pbest[i, d], gbest[d], r1[i, d], r2[i, d], w, c1, c2, vmax)
             V[i, d] = v
             P[i, d] += v
 
@@ -112,11 +119,7 @@ def pso_move_hashed(P, V, pbest, gbest, seed, w, c1, c2, vmax):
             z = _mix64(s + np.uint64(i * D + d + 1) * _GOLDEN)
             r1 = np.int64(z >> np.uint64(40)) * _U24
             r2 = np.int64((z >> np.uint64(16)) & np.uint64(0xFFFFFF)) * _U24
-            v = w * V[i, d] + c1 * r1 * (pbest[i, d] - P[i, d]) + c2 * r2 * (gbest[d] - P[i, d])
-            if v > vmax:
-                v = vmax
-            elif v < -vmax:
-                v = -vmax
+            v = _velocity(V[i, d], P[i, d], pbest[i, d], gbest[d], r1, r2, w, c1, c2, vmax)
             V[i, d] = v
             P[i, d] += v
 
