@@ -256,6 +256,9 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
     info = DataInfo(input_shape=spec.input_shape, n_classes=spec.n_classes, n_train=n_train,
                     task="classification", batch_size=batch_size, steps_per_epoch=steps,
                     n_epochs=epochs_per_task * n_tasks, device=device)
+    if loop.augment is not None:
+        raise ConfigError("loop.augment is for single image datasets; a continual stream's tasks (permuted "
+                          "or split images) are not augmented: set loop.augment=null")
     run_loop = dataclasses.replace(loop, n_epochs=epochs_per_task * n_tasks)
     memory = PeakMemory(device=device)
     network_module = build(spec, seed)

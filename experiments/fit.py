@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.augment import Augment
 from experiments.callbacks import Callback, ProgressBar
 from experiments.datasets import Dataset
 from experiments.errors import ConfigError, TrainingDiverged
@@ -48,10 +49,19 @@ class LoopConfig:
     # analysis.cka.CKAToBackprop, recording block_align_* per epoch and block_cka_backprop at the end
     alignment: bool = False
     cka: bool = False
+    # training-batch augmentation of images (experiments/augment.py), e.g. {crop_padding: 4, hflip: true}
+    augment: Augment | None = None
 
     def __post_init__(self):
         if isinstance(self.early_stopping, dict):
             object.__setattr__(self, "early_stopping", EarlyStopping(**self.early_stopping))
+        if isinstance(self.augment, dict):
+            try:
+                object.__setattr__(self, "augment", Augment(**self.augment))
+            except TypeError as err:
+                raise ConfigError(f"loop.augment={self.augment!r}: {err}; keys: crop_padding, hflip") from err
+        if self.augment is not None and not self.augment.active:
+            object.__setattr__(self, "augment", None)
         if self.n_epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"loop.n_epochs and loop.batch_size must be >= 1, got {self.n_epochs}, "
                               f"{self.batch_size}")
@@ -72,6 +82,8 @@ class Run:
     step: int = 0
     records: list[dict] = field(default_factory=list)
     status: str = "running"
+    augment_rng: np.random.Generator | None = None   # loop.augment's draws
+    pad_value: float = 0.0                           # what a raw 0 pixel is after normalisation
 
     @property
     def n_epochs(self) -> int:
@@ -171,6 +183,8 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
     spec = as_spec(network).resolve(data.input_shape, data.n_classes)
     if spec.kind == "convnet" and not learner.tags.supports_conv:
         raise ConfigError(f"learner {learner.name!r} does not support convolutional networks; use an MLP")
+    if loop.augment is not None:
+        loop.augment.check(data.input_shape)
     if loop.threads:
         torch.set_num_threads(int(loop.threads))
     device = loop.device
@@ -190,7 +204,8 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
 
     memory = PeakMemory(device=device)
     network_module = build(spec, seed)
-    run = Run(learner=learner, network=network_module, data=data, loop=loop, seed=seed, info=info)
+    run = Run(learner=learner, network=network_module, data=data, loop=loop, seed=seed, info=info,
+              augment_rng=np.random.default_rng([seed, 3]), pad_value=float(data.meta.get("pad_value", 0.0)))
     run.state = learner.init(network_module, info, seed)
     callbacks = list(callbacks) + ([ProgressBar()] if loop.progress else [])
     if loop.alignment:
@@ -279,6 +294,8 @@ def _train_epoch(run: Run, x_train, y_train, batch_size, order_rng, callbacks) -
     n_steps = 0
     for idx in _batches(len(x_train), batch_size, order_rng, loop.drop_last):
         batch = (x_train[idx], y_train[idx])
+        if loop.augment is not None:
+            batch = (loop.augment(batch[0], run.augment_rng, run.pad_value), batch[1])
         t0 = time.perf_counter()
         if count_flops and n_steps == 0:
             from torch.utils.flop_counter import FlopCounterMode

@@ -77,6 +77,7 @@ def normalize(ds: Dataset, how: str) -> Dataset:
     if how not in NORMALIZATIONS:
         raise ConfigError(f"data.normalize={how!r} is not known; allowed: {', '.join(NORMALIZATIONS)}")
     if how == "none":
+        ds.meta.setdefault("pad_value", 0.0)
         return ds
     x = ds.x_train
     if how == "global":
@@ -90,4 +91,6 @@ def normalize(ds: Dataset, how: str) -> Dataset:
         arr = getattr(ds, f"x_{split}")
         setattr(ds, f"x_{split}", ((arr - shift) / scale).astype(np.float32))
     ds.meta["normalize"] = how
+    if how == "global":   # a raw 0 (black) after normalisation: what image padding fills with
+        ds.meta["pad_value"] = float(-shift / scale)
     return ds
