@@ -24,6 +24,7 @@ class ScheduleFreeEval:
 
     def __init__(self, optimizers: Iterable[torch.optim.Optimizer], network: nn.Module, refresh_batches: int):
         self.optimizers = list(optimizers)
+        self.network = network
         self.active = any(is_schedule_free(opt) for opt in self.optimizers)
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())
         self.refresh_batches = int(refresh_batches) if (self.active and has_bn) else 0
@@ -39,7 +40,7 @@ class ScheduleFreeEval:
         if self.refresh_batches and x is not None:
             self.recent.append(x)
 
-    def to_eval(self, network: nn.Module, features: Callable[[torch.Tensor], object]) -> None:
+    def to_eval(self, features: Callable[[torch.Tensor], object]) -> None:
         """Before evaluating: move to the averaged weights and refresh batch norm by running
         ``features`` (the network's batch-norm layers, in train mode, no gradient) on the kept batches.
         Nothing happens if already there since the last training step."""
@@ -49,9 +50,9 @@ class ScheduleFreeEval:
             schedule_free_mode(opt, train=False)
         self.at_eval = True
         if self.refresh_batches and self.recent:
-            was_training = network.training
-            network.train()
+            was_training = self.network.training
+            self.network.train()
             with torch.no_grad():
                 for x in self.recent:
                     features(x)
-            network.train(was_training)
+            self.network.train(was_training)

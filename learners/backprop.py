@@ -60,6 +60,6 @@ class Backprop(Learner):
         return state, {"loss": loss.item()}
 
     def predict(self, state, x):
-        state.extra["schedule_free"].to_eval(state.network, state.network)
+        state.extra["schedule_free"].to_eval(state.network)
         with evaluating(state.network) as net:
             return net(x)

@@ -181,8 +181,8 @@ class GradientBoosting(Learner):
     # fan_out))), f = 2 for sigmoid, 6 otherwise -- scikit-learn's MLP init, which the reference's
     # weak learners get; "network" starts its input weights from the shared network's rows
     # m*J..(m+1)*J (as a backprop run on that network with that seed) and its output weights
-    # U(+-1/sqrt(J)). On digits (J=1, 10 seeds) "network" reached 94.07 +- 1.28 %, "glorot"
-    # 95.10 +- 0.65 %, the package 94.99 on its 8 seeds that did not collapse
+    # U(+-1/sqrt(J)). On digits (J=1, 10 seeds, `python benchmarks/bench_gbnn.py`) "network"
+    # reached 94.07 %, "glorot" 96.35 %, the package 95.42 % on its 7 seeds that did not collapse
     # (benchmarks/results/gbnn.md).
     step_init: str = "glorot"
     step_lr: float = 0.01              # Adam's learning rate (solver=adam)

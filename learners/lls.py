@@ -256,7 +256,7 @@ class LLS(LayerwiseLearner):
             for block in blocks:
                 x = block(x)
 
-        state.extra["schedule_free"].to_eval(state.network, features)
+        state.extra["schedule_free"].to_eval(features)
 
     def predict(self, state, x):
         self.prepare_eval(state)
