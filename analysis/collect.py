@@ -10,6 +10,9 @@ from experiments.errors import DataError
 from experiments.recording import read_results
 
 KEY_COORDS = ("learner", "dataset", "network", "seed")
+# the value of a swept key in a run that did not set it (backprop beside an LLS variant sweep);
+# analysis.report leaves such keys out of the run's label
+UNSET = "unset"
 
 
 def find_runs(folder: str | Path) -> tuple[list[Path], list[Path]]:
@@ -51,6 +54,12 @@ def collect(folder: str | Path, *, complete_only: bool = False) -> xr.Dataset:
     varying = [k for k in keys if len({_hashable(s.get(k)) for _, _, s in runs}) > 1]
     if not varying:
         varying = ["learner"]
+    # a key some runs lack: all its values as text, so that one coordinate holds them and "unset"
+    # without mixing types (pandas cannot sort floats with None or strings)
+    partial = {k for k in varying if any(k not in s for _, _, s in runs)}
+    for _, _, s in runs:
+        for k in partial:
+            s[k] = str(_hashable(s[k])) if k in s else UNSET
     index = [tuple(s.get(k) for k in varying) for _, _, s in runs]
     if len(set(index)) != len(index):
         dup = [p for (p, _, _), i in zip(runs, index) if index.count(i) > 1]

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from analysis.collect import collect  # noqa: E402
+from analysis.collect import UNSET, collect  # noqa: E402
 from analysis.plots import (accuracy_vs_cost, alignment_figure, cka_bars,  # noqa: E402
                             comparison_figure, final_epoch, grid_figure, per_block_variables, peak_memory,
                             save_single)
@@ -47,13 +47,14 @@ def variants_as_learners(ds: xr.Dataset) -> xr.Dataset:
     extra = [d for d in ds.dims if d not in _DATA_DIMS]
     if not extra:
         return ds
-    stacked = ds.stack(variant=["learner", *extra])
+    stacked = ds.stack(_setting=["learner", *extra])      # not "variant": a swept key may have that name
     labels = []
-    for values in stacked["variant"].values:
+    for values in stacked["_setting"].values:
         name, *rest = values
-        labels.append(f"{name} (" + ", ".join(f"{k}={v}" for k, v in zip(extra, rest)) + ")")
-    stacked = stacked.drop_vars(["variant", "learner", *extra]).assign_coords(variant=labels)
-    stacked = stacked.rename(variant="learner")
+        set_here = [f"{k}={v}" for k, v in zip(extra, rest) if v != UNSET]
+        labels.append(f"{name} (" + ", ".join(set_here) + ")" if set_here else name)
+    stacked = stacked.drop_vars(["_setting", "learner", *extra]).assign_coords(_setting=labels)
+    stacked = stacked.rename(_setting="learner")
     # drop variants that no run filled (an outer join of unequal sweeps)
     filled = stacked[primary_metric(stacked)]
     keep = filled.notnull().any([d for d in filled.dims if d != "learner"])

@@ -68,6 +68,25 @@ def test_swept_settings_become_labelled_variants(tmp_path):
     assert learner_color("backprop (lr=0.01)") == learner_color("backprop")
 
 
+def test_a_key_swept_for_one_learner_only_stays_out_of_the_others_label(tmp_path):
+    # the LLS experiments: `learner.variant` swept for lls, `...optimizer` for a second backprop arm,
+    # both into one folder; each row is labelled by the keys its own runs set
+    data = load_dataset("blobs", seed=0, n_train=60, n_test=30)
+    runs = [("backprop", {"optimizer": {"lr": 0.01}}, {"opt": "sf"}),
+            ("backprop", {}, {}),
+            ("mono_forward", {}, {"variant": 0.5}),
+            ("mono_forward", {}, {"variant": 2.0})]
+    for i, (name, params, coords) in enumerate(runs):
+        for seed in (0, 1):
+            fit(make_learner(name, **params), "mlp_small", data, seed=seed,
+                loop=LoopConfig(n_epochs=1, progress=False), out_dir=tmp_path / str(i) / f"seed={seed}",
+                coords=coords)
+    ds = variants_as_learners(collect(tmp_path))
+    assert sorted(ds["learner"].values) == ["backprop", "backprop (opt=sf)", "mono_forward (variant=0.5)",
+                                            "mono_forward (variant=2.0)"]
+    assert ds["accuracy"].sel(split="test").isel(epoch=-1).notnull().all()       # every row holds its 2 seeds
+
+
 def test_pareto_front_by_hand():
     cost = np.array([1.0, 2.0, 3.0, 2.0, 5.0])
     acc = np.array([0.5, 0.7, 0.6, 0.8, 0.9])
