@@ -48,6 +48,12 @@ class EWC(Learner):
             raise ConfigError(f"ewc.fisher={self.fisher!r} is not known; allowed: {', '.join(FISHERS)}")
         if self.ewc_lambda < 0:
             raise ConfigError(f"ewc.ewc_lambda={self.ewc_lambda} must be >= 0")
+        if self.optimizer.name == "adamw_schedulefree":
+            # its evaluated model is an average of the weights it trains; the Fisher and the anchor
+            # would be taken at the training weights, and evaluation would not match backprop's
+            raise ConfigError("ewc does not support optimizer.name='adamw_schedulefree' (the Fisher and the "
+                              "anchor would be taken at weights other than the evaluated ones); use adam, "
+                              "adamw or sgd")
         network = network.to(data_info.device)
         opt = make_optimizer(network.parameters(), self.optimizer)
         state = TorchState(network=network)

@@ -90,3 +90,10 @@ def test_bad_fisher_names_the_key():
     with pytest.raises(ConfigError, match="ewc.fisher='diag'"):
         _init("ewc", fisher="diag")
     assert np.isfinite(_init("ewc")[0].ewc_lambda)
+
+
+def test_schedule_free_optimiser_is_refused_with_the_alternatives():
+    learner = make_learner("ewc", optimizer={"name": "adamw_schedulefree", "lr": 1e-3})
+    spec = get_preset("mlp_small").resolve((1, 8, 8), 10)
+    with pytest.raises(ConfigError, match="adamw_schedulefree.*use adam"):
+        learner.init(build(spec, 0), DataInfo(input_shape=(1, 8, 8), n_classes=10, n_train=300), 0)
