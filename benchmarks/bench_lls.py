@@ -281,40 +281,9 @@ def summarize(folder: str | Path) -> str:
     return write_table(folder / "summary_lls.md", folder.name, header, rows, notes)
 
 
-def select(folder: str | Path) -> str:
-    """``python benchmarks/bench_lls.py select FOLDER``: a selection sweep (VARIANT/SETTING/seed=N, as
-    lls_fashion_mnist_select writes it) tabulated on the VALIDATION split only, best setting first per
-    variant; written to FOLDER/summary_select.md."""
-    import numpy as np
-    from experiments.recording import read_results
-    folder = Path(folder)
-    rows = []
-    for variant in sorted(p.name for p in folder.iterdir() if p.is_dir()):
-        found = []
-        for setting in sorted(p for p in (folder / variant).iterdir() if p.is_dir()):
-            runs = [read_results(f) for f in sorted(setting.glob("seed=*/results.nc"))]
-            runs = [r for r in runs if r.attrs.get("status") == "complete"]
-            if not runs:
-                continue
-            val = np.array([float(r["accuracy"].sel(split="val")[-1]) for r in runs]) * 100
-            local = " / ".join(f"{100 * np.mean([float(r['block_local_accuracy_eval'][-1, b]) for r in runs]):.1f}"
-                               for b in range(runs[0]["block_local_accuracy_eval"].shape[1]))
-            found.append([variant, setting.name, f"{val.mean():.2f}", len(val), ", ".join(f"{v:.2f}" for v in val),
-                          local])
-        found.sort(key=lambda row: -float(row[2]))
-        rows += found
-    header = ["variant", "setting", "val accuracy % (mean)", "seeds", "per seed", "local val accuracy % per block"]
-    notes = (f"`python benchmarks/bench_lls.py select {folder.as_posix()}`: validation accuracy of the head at the "
-             "last epoch, and each block's local accuracy (argmax of its basis logits) on the validation split; "
-             "best setting first within each variant. The test split is not read.")
-    return write_table(folder / "summary_select.md", f"{folder.name} (validation only)", header, rows, notes)
-
-
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "summarize":
         print(summarize(sys.argv[2]))
-    elif len(sys.argv) > 1 and sys.argv[1] == "select":
-        print(select(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_rss":
         _rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
