@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from experiments.datasets.synthetic import moons, xor
+from experiments.errors import unknown_name
 
 
 def moons_posterior(x: np.ndarray, noise: float, n_t: int = 512) -> np.ndarray:
@@ -52,7 +53,7 @@ def bayes_accuracy(name: str, noise: float, n: int = 200_000, seed: int = 0, chu
     """Expected accuracy of the Bayes rule on toy ``name`` (moons | xor) at ``noise``."""
     generators = {"moons": (moons, moons_posterior), "xor": (xor, xor_posterior)}
     if name not in generators:
-        raise ValueError(f"no Bayes rate for {name!r}; known: {', '.join(generators)}")
+        raise unknown_name("toy", name, generators)
     draw, posterior = generators[name]
     x, _ = draw(n, np.random.default_rng(seed), noise=noise)
     total = 0.0

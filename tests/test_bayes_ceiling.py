@@ -5,6 +5,7 @@ import pytest
 
 from analysis.bayes_ceiling import bayes_accuracy, moons_posterior, xor_ceiling_closed_form, xor_posterior
 from experiments.datasets.synthetic import moons, xor
+from experiments.errors import ConfigError
 
 
 def test_xor_rate_by_hand():
@@ -38,5 +39,5 @@ def test_no_fitted_rule_beats_the_bayes_rule_on_moons():
 
 
 def test_unknown_toy_is_named():
-    with pytest.raises(ValueError, match="spirals"):
+    with pytest.raises(ConfigError, match="spirals.*moons"):
         bayes_accuracy("spirals", 0.1)
