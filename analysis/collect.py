@@ -50,7 +50,8 @@ def collect(folder: str | Path, *, complete_only: bool = False) -> xr.Dataset:
         scalar = {k: ds.coords[k].item() for k in ds.coords if ds.coords[k].ndim == 0}
         runs.append((path, ds.drop_vars(list(scalar)), scalar))
         run_attrs.append(ds.attrs)
-    keys = sorted({k for _, _, s in runs for k in s}, key=lambda k: (KEY_COORDS + (k,)).index(k))
+    # the run keys first, then swept keys by name (a set alone would order them differently per process)
+    keys = sorted({k for _, _, s in runs for k in s}, key=lambda k: ((KEY_COORDS + (k,)).index(k), k))
     varying = [k for k in keys if len({_hashable(s.get(k)) for _, _, s in runs}) > 1]
     if not varying:
         varying = ["learner"]

@@ -38,13 +38,15 @@ def _per_learner(da: xr.DataArray):
 def learning_curves(ds: xr.Dataset, ax, *, metric="accuracy", split="test"):
     """Mean over seeds with a 95% band, one line per learner."""
     da = ds[metric].sel(split=split) if "split" in ds[metric].dims else ds[metric]
+    markers = _variant_markers(_names(da))      # variants of one learner share its colour
     for name, sub in _per_learner(da):
         mean, lo, hi = mean_and_interval(sub, "seed")
         if metric == "accuracy":   # a t-interval over few seeds can leave [0, 1]; accuracy cannot
             lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
         epochs = sub["epoch"].values
         color = learner_color(name)
-        ax.plot(epochs, mean, label=name, color=color, lw=2)
+        ax.plot(epochs, mean, label=name, color=color, lw=2, marker=markers[name], ms=5,
+                markevery=max(1, len(epochs) // 10), markeredgecolor="k", markeredgewidth=0.5)
         ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, lw=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -69,7 +71,7 @@ def final_accuracy(ds: xr.Dataset, ax, *, split="test", metric="accuracy"):
         ax.scatter(np.full(len(vals), i), vals, color="k", s=10, zorder=3)
         ax.text(i, float(mean), f"{float(mean):.3f}", ha="center", va="bottom", fontsize=8)
     names = [n for n, _ in _per_learner(da)]
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_xticks(range(len(names)), [_tick_label(n) for n in names], rotation=30, ha="right")
     ax.set_ylabel(f"final {split} {_METRIC_LABELS.get(metric, metric)}")
     finite = da.values[np.isfinite(da.values)]
     if finite.size and metric == "accuracy":
@@ -105,6 +107,11 @@ _BLOCK_STYLES = ("-", "--", ":", "-.", (0, (1, 4)), (0, (5, 1, 1, 1)))
 ALIGNMENT_VARS = ("block_align_cosine", "block_align_sign")
 # per-block variables drawn elsewhere, or not over epochs
 _NOT_PER_BLOCK_CURVES = ALIGNMENT_VARS + ("block_cka_backprop",)
+
+
+def _tick_label(name: str) -> str:
+    """A variant's label on two lines ("lls" over "(variant=lls_m)"), so that axis labels stay short."""
+    return name.replace(" (", "\n(", 1)
 
 
 def _names(da: xr.DataArray) -> list[str]:
@@ -190,7 +197,7 @@ def peak_memory(ds: xr.Dataset, ax):
         ax.scatter(np.full(len(vals), i), vals, color="k", s=10, zorder=3)
         ax.text(i, float(mean), f"{float(mean):.0f}", ha="center", va="bottom", fontsize=8)
     names = _names(da)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_xticks(range(len(names)), [_tick_label(n) for n in names], rotation=30, ha="right")
     ax.set_ylabel("peak memory (MiB)")
     ax.grid(axis="y", alpha=0.3)
     return ax
@@ -297,7 +304,7 @@ def cka_bars(ds: xr.Dataset, ax, var="block_cka_backprop"):
             if np.isfinite(float(mean)):
                 ax.bar(i - 0.4 + width * (k + 0.5), float(mean), width, color=learner_color(name),
                        alpha=0.35 + 0.65 * (k + 1) / len(blocks), edgecolor="k", lw=0.5)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_xticks(range(len(names)), [_tick_label(n) for n in names], rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("linear CKA to backprop (bars: blocks in order)")
     ax.grid(axis="y", alpha=0.3)

@@ -48,17 +48,34 @@ def variants_as_learners(ds: xr.Dataset) -> xr.Dataset:
     if not extra:
         return ds
     stacked = ds.stack(_setting=["learner", *extra])      # not "variant": a swept key may have that name
-    labels = []
-    for values in stacked["_setting"].values:
-        name, *rest = values
-        set_here = [f"{k}={v}" for k, v in zip(extra, rest) if v != UNSET]
-        labels.append(f"{name} (" + ", ".join(set_here) + ")" if set_here else name)
+    settings = [tuple(values) for values in stacked["_setting"].values]
+    labels = [_label(name, extra, rest, short=True) for name, *rest in settings]
+    if len(set(labels)) < len(labels):                     # shortening merged two settings: keep them whole
+        labels = [_label(name, extra, rest, short=False) for name, *rest in settings]
     stacked = stacked.drop_vars(["_setting", "learner", *extra]).assign_coords(_setting=labels)
     stacked = stacked.rename(_setting="learner")
     # drop variants that no run filled (an outer join of unequal sweeps)
     filled = stacked[primary_metric(stacked)]
     keep = filled.notnull().any([d for d in filled.dims if d != "learner"])
     return stacked.sel(learner=keep.values)
+
+
+_LABEL_VALUE_CHARS = 24
+
+
+def _label(name, keys, values, *, short: bool) -> str:
+    """``"learner (key=value, ...)"`` from the keys this run set. ``short``: without the prefixes that
+    the learner's name already says (``learner.``, ``learner_overrides.<name>.``), and long values
+    (a whole optimizer block) cut, so that legends and axis labels stay readable."""
+    pairs = [(key, str(value)) for key, value in zip(keys, values) if value != UNSET]
+    if short:
+        cut = [(key.removeprefix(f"learner_overrides.{name}.").removeprefix("learner."),
+                value if len(value) <= _LABEL_VALUE_CHARS else value[:_LABEL_VALUE_CHARS - 1] + "…")
+               for key, value in pairs]
+        if len({key for key, _ in cut}) == len(cut):      # two keys may not shorten to one name
+            pairs = cut
+    parts = [f"{key}={value}" for key, value in pairs]
+    return f"{name} ({', '.join(parts)})" if parts else str(name)
 
 
 def primary_metric(ds) -> str:

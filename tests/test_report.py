@@ -72,18 +72,22 @@ def test_a_key_swept_for_one_learner_only_stays_out_of_the_others_label(tmp_path
     # the LLS experiments: `learner.variant` swept for lls, `...optimizer` for a second backprop arm,
     # both into one folder; each row is labelled by the keys its own runs set
     data = load_dataset("blobs", seed=0, n_train=60, n_test=30)
-    runs = [("backprop", {"optimizer": {"lr": 0.01}}, {"opt": "sf"}),
+    runs = [("backprop", {"optimizer": {"lr": 0.01}}, {"learner_overrides.backprop.optimizer": "{name:sgd,lr:0.01}"}),
             ("backprop", {}, {}),
-            ("mono_forward", {}, {"variant": 0.5}),
-            ("mono_forward", {}, {"variant": 2.0})]
+            ("mono_forward", {}, {"learner.variant": 0.5, "variant": "x"}),
+            ("mono_forward", {}, {"learner.variant": 2.0, "variant": "x"})]
     for i, (name, params, coords) in enumerate(runs):
         for seed in (0, 1):
             fit(make_learner(name, **params), "mlp_small", data, seed=seed,
                 loop=LoopConfig(n_epochs=1, progress=False), out_dir=tmp_path / str(i) / f"seed={seed}",
                 coords=coords)
     ds = variants_as_learners(collect(tmp_path))
-    assert sorted(ds["learner"].values) == ["backprop", "backprop (opt=sf)", "mono_forward (variant=0.5)",
-                                            "mono_forward (variant=2.0)"]
+    # labels without the prefixes the learner's name already says; "learner.variant" and "variant"
+    # would both shorten to "variant", so they stay whole
+    assert sorted(ds["learner"].values) == ["backprop",
+                                            "backprop (optimizer={name:sgd,lr:0.01})",
+                                            "mono_forward (learner.variant=0.5, variant=x)",
+                                            "mono_forward (learner.variant=2.0, variant=x)"]
     assert ds["accuracy"].sel(split="test").isel(epoch=-1).notnull().all()       # every row holds its 2 seeds
 
 
@@ -114,3 +118,11 @@ def test_regression_runs_get_r2_and_rmse_columns(tmp_path):
     assert np.mean(r2) > 0.3                       # it learned something, so the numbers are not trivial
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
     assert "R^2" in (tmp_path / "summary.md").read_text()
+
+
+def test_long_setting_values_are_cut_in_labels_but_never_merged():
+    from analysis.report import _label
+    long = "{name:adamw_schedulefree,lr:0.005,weight_decay:0.0,schedule:constant}"
+    label = _label("backprop", ["learner_overrides.backprop.optimizer"], [long], short=True)
+    assert label == "backprop (optimizer={name:adamw_schedulefre…)" and len(label) < 50
+    assert _label("backprop", ["learner_overrides.backprop.optimizer"], [long], short=False).endswith(long + ")")
