@@ -29,7 +29,6 @@ import torch.nn.functional as F  # noqa: E402
 from experiments.datasets import load_dataset  # noqa: E402
 from experiments.fit import LoopConfig, fit  # noqa: E402
 from learners import make_learner  # noqa: E402
-from learners._optim import schedule_free_mode  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "lls_head_readout.md"
 HEADER = ("| variant | epochs | head (eval weights) | refitted head | last block's basis readout | "
@@ -93,9 +92,7 @@ def main(argv=None):
 
     # the training weights (y), batch norm refreshed on the same kept batches
     sf = state.extra["schedule_free"]
-    for opt in state.extra["optimizers"]:
-        schedule_free_mode(opt, train=True)
-    sf.at_eval = False
+    sf.to_train()                              # back to y, as before the next training step
     with torch.no_grad():
         state.network.train()
         for x in sf.recent:
