@@ -49,7 +49,8 @@ class LoopConfig:
     # analysis.cka.CKAToBackprop, recording block_align_* per epoch and block_cka_backprop at the end
     alignment: bool = False
     cka: bool = False
-    # training-batch augmentation of images (experiments/augment.py), e.g. {crop_padding: 4, hflip: true}
+    # training-batch augmentation of images (experiments/augment.py), e.g. {crop_padding: 4, hflip: true,
+    # erase_prob: 0.2}
     augment: Augment | None = None
 
     def __post_init__(self):
@@ -59,7 +60,8 @@ class LoopConfig:
             try:
                 object.__setattr__(self, "augment", Augment(**self.augment))
             except TypeError as err:
-                raise ConfigError(f"loop.augment={self.augment!r}: {err}; keys: crop_padding, hflip") from err
+                raise ConfigError(f"loop.augment={self.augment!r}: {err}; "
+                                  "keys: crop_padding, hflip, erase_prob") from err
         if self.augment is not None and not self.augment.active:
             object.__setattr__(self, "augment", None)
         if self.n_epochs < 1 or self.batch_size < 1:
@@ -83,7 +85,7 @@ class Run:
     records: list[dict] = field(default_factory=list)
     status: str = "running"
     augment_rng: np.random.Generator | None = None   # loop.augment's draws
-    pad_value: float = 0.0                           # what a raw 0 pixel is after normalisation
+    pad_value: float | tuple = 0.0                   # what a raw 0 pixel is after normalisation (per channel)
 
     @property
     def n_epochs(self) -> int:
@@ -205,7 +207,7 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
     memory = PeakMemory(device=device)
     network_module = build(spec, seed)
     run = Run(learner=learner, network=network_module, data=data, loop=loop, seed=seed, info=info,
-              augment_rng=np.random.default_rng([seed, 3]), pad_value=float(data.meta.get("pad_value", 0.0)))
+              augment_rng=np.random.default_rng([seed, 3]), pad_value=data.meta.get("pad_value", 0.0))
     run.state = learner.init(network_module, info, seed)
     callbacks = list(callbacks) + ([ProgressBar()] if loop.progress else [])
     if loop.alignment:

@@ -31,6 +31,19 @@ def test_crop_is_a_window_of_the_padded_image_at_an_offset_within_the_padding():
     assert (out == fill).any()                       # some padding shows
 
 
+def test_crop_pads_each_channel_with_its_own_value():
+    x, p, fill = _images(c=3), 2, (-1.5, 0.25, 2.0)
+    out = Augment(crop_padding=p)(x, np.random.default_rng(1), fill)
+    padded = torch.stack([torch.nn.functional.pad(x[:, ch], (p, p, p, p), value=v) for ch, v in enumerate(fill)], 1)
+    for i in range(len(x)):
+        assert any(torch.equal(out[i], padded[i, :, dy:dy + x.shape[2], dx:dx + x.shape[3]])
+                   for dy in range(2 * p + 1) for dx in range(2 * p + 1)), f"image {i}"
+    for ch, v in enumerate(fill):                    # padding shows, each channel with its own value only
+        assert (out[:, ch] == v).any() and not (out[:, ch] == fill[(ch + 1) % 3]).any()
+    with pytest.raises(ValueError, match="pad_value has 2 values for images with 3 channels"):
+        Augment(crop_padding=1)(x, np.random.default_rng(1), (0.0, 1.0))
+
+
 def test_flip_mirrors_about_half_of_the_images_and_nothing_else():
     x = _images(n=400)
     out = Augment(hflip=True)(x, np.random.default_rng(2))
@@ -38,6 +51,33 @@ def test_flip_mirrors_about_half_of_the_images_and_nothing_else():
     kept = torch.tensor([torch.equal(out[i], x[i]) for i in range(len(x))])
     assert bool((flipped | kept).all())
     assert 150 < int(flipped.sum()) < 250
+
+
+def test_erasing_zeroes_one_rectangle_in_about_p_of_the_images():
+    x = _images(n=2000, c=2, h=32, w=32) + 10.0            # no pixel is 0 before erasing
+    out = Augment(erase_prob=0.2)(x, np.random.default_rng(3))
+    zero = out == 0
+    assert torch.equal(zero[:, 0], zero[:, 1])                 # the same rectangle in every channel
+    erased = zero.flatten(1).any(1)
+    assert 0.16 < float(erased.float().mean()) < 0.24
+    assert torch.equal(out[~erased], x[~erased])
+    fractions = []
+    for i in torch.nonzero(erased).ravel().tolist():
+        rows, cols = torch.nonzero(zero[i, 0], as_tuple=True)
+        box = (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1)
+        assert bool(zero[i, 0, box[0]:box[1], box[2]:box[3]].all())      # a filled rectangle, nothing else
+        assert int(zero[i, 0].sum()) == (box[1] - box[0]) * (box[3] - box[2])
+        assert torch.equal(out[i][:, ~zero[i, 0]], x[i][:, ~zero[i, 0]])
+        fractions.append(float(zero[i, 0].float().mean()))
+    # area drawn uniformly in [2%, 33%] of the image (rounding of the sides blurs the ends a little)
+    assert 0.015 < min(fractions) < 0.04 and 0.28 < max(fractions) < 0.36
+    assert abs(np.mean(fractions) - 0.175) < 0.02
+
+
+def test_erasing_probability_is_checked():
+    with pytest.raises(ConfigError, match="erase_prob must be a probability in \\[0, 1\\], got 1.5"):
+        LoopConfig(augment={"erase_prob": 1.5})
+    assert LoopConfig(augment={"erase_prob": 0.0}).augment is None
 
 
 def test_same_generator_same_batch():
@@ -73,7 +113,7 @@ def test_fit_with_augmentation_learns_and_is_reproducible():
 def test_bad_augmentation_settings_are_clear_errors():
     with pytest.raises(ConfigError, match="crop_padding must be an integer >= 0"):
         LoopConfig(augment={"crop_padding": -1})
-    with pytest.raises(ConfigError, match="keys: crop_padding, hflip"):
+    with pytest.raises(ConfigError, match="keys: crop_padding, hflip, erase_prob"):
         LoopConfig(augment={"rotate": 10})
     data = load_dataset("moons", seed=0)
     with pytest.raises(ConfigError, match="loop.augment crops and flips images.*input shape \\(2,\\)"):

@@ -132,6 +132,22 @@ def test_cifar10_val_split_is_deterministic_and_normalised_like_mnist(cifar10_ro
     np.testing.assert_array_equal(sub.y_val, a.y_val)
 
 
+def test_channel_normalisation_standardises_each_colour_and_pads_with_raw_black(cifar10_root):
+    root, members = cifar10_root
+    raw = load_dataset("cifar10", seed=0, root=str(root), download=False, val_size=2, normalize_="none")
+    ds = load_dataset("cifar10", seed=0, root=str(root), download=False, val_size=2, normalize_="channel")
+    np.testing.assert_allclose(ds.x_train.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(ds.x_train.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
+    mean = raw.x_train.astype(np.float64).mean(axis=(0, 2, 3))
+    std = raw.x_train.astype(np.float64).std(axis=(0, 2, 3))
+    np.testing.assert_allclose(ds.x_test, (raw.x_test - mean[:, None, None]) / std[:, None, None], rtol=1e-5,
+                               atol=1e-5)                     # test uses the training split's statistics
+    assert ds.meta["normalize"] == "channel"
+    np.testing.assert_allclose(ds.meta["pad_value"], -mean / std, rtol=1e-6)
+    with pytest.raises(ConfigError, match="normalize='channel' needs images .* use 'global' or 'standard'"):
+        load_dataset("moons", seed=0, normalize_="channel")
+
+
 def test_cifar100_fine_and_coarse_labels(tmp_path, monkeypatch):
     install(tmp_path, "cifar100", cifar100_members(), monkeypatch)
     opts = dict(seed=0, root=str(tmp_path), download=False, val_size=0, normalize_="none")
@@ -227,3 +243,31 @@ def test_registry_and_data_configs(cifar10_root, monkeypatch):
         options = {**cfg["options"], "root": str(root), "download": False}
         ds = load_dataset(cfg["name"], seed=0, val_size=2, normalize_=cfg["normalize"], **options)
         assert ds.input_shape == (3, 32, 32) and len(ds.x_val) == 2
+
+
+
+@pytest.mark.parametrize("arm", ["learner.variant=lls_mxm", "learner=backprop"])
+def test_the_lls_vgg8_cifar10_config_trains_on_the_fixture(cifar10_root, arm):
+    """The Table 3 GPU config end to end, one epoch on the tiny archive: channel normalisation, crops,
+    flips and erasing, VGG8 with LLS's seven local blocks, and the backprop arm."""
+    import xarray as xr
+
+    from tests.test_cli import altlearn
+    root, _ = cifar10_root
+    out = altlearn("experiment=reproduce_lls_cifar10_vgg8_gpu", arm, "loop.n_epochs=1", "loop.progress=false",
+                   "data.val_size=2", "loop.batch_size=4", "+learner_overrides.lls.bn_refresh_batches=1",
+                   f"data.options.root={root}", "data.options.download=false", f"hydra.run.dir={root}/run", cwd=root)
+    assert out.returncode == 0, out.stderr
+    with xr.open_dataset(root / "run" / "results.nc") as ds:
+        assert str(ds["dataset"].values) == "cifar10" and int(ds.attrs["n_train"]) == 8
+        assert "channels: [128, 256, 256, 256, 512, 512]" in ds.attrs["network_spec"]
+        assert "erase_prob: 0.2" in ds.attrs["config"] and "normalize: channel" in ds.attrs["config"]
+        assert 0.0 <= float(ds["accuracy"].sel(split="test")[-1]) <= 1.0
+        widths = (3, 128, 256, 256, 256, 512, 512)      # VGG8: 3x3 convs with bias and BN, FC1024-BN, head
+        vgg8_parameters = (sum(a * b * 9 + 3 * b for a, b in zip(widths, widths[1:]))
+                           + 512 * 2 * 2 * 1024 + 3 * 1024 + 1024 * 10 + 10)
+        if arm.endswith("lls_mxm"):
+            assert ds.sizes["block"] == 7              # six conv blocks and FC1024
+            assert int(ds.attrs["n_parameters"]) == vgg8_parameters + 7 * 10 * 10
+        else:
+            assert int(ds.attrs["n_parameters"]) == vgg8_parameters

@@ -7,7 +7,7 @@ import numpy as np
 
 from experiments.errors import ConfigError
 
-NORMALIZATIONS = ("none", "global", "standard", "minmax")
+NORMALIZATIONS = ("none", "global", "channel", "standard", "minmax")
 
 
 @dataclass
@@ -71,8 +71,9 @@ def normalize(ds: Dataset, how: str) -> Dataset:
     """Normalise every split with statistics of the training split only.
 
     ``global``: one mean and std over all training pixels/features (MNIST's
-    0.1307/0.3081 convention); ``standard``: per feature; ``minmax``: per
-    feature to [0, 1]; ``none``: unchanged.
+    0.1307/0.3081 convention); ``channel``: a mean and std per colour channel of
+    (N, C, H, W) images (torchvision's ``Normalize(mean, std)`` for CIFAR);
+    ``standard``: per feature; ``minmax``: per feature to [0, 1]; ``none``: unchanged.
     """
     if how not in NORMALIZATIONS:
         raise ConfigError(f"data.normalize={how!r} is not known; allowed: {', '.join(NORMALIZATIONS)}")
@@ -80,8 +81,15 @@ def normalize(ds: Dataset, how: str) -> Dataset:
         ds.meta.setdefault("pad_value", 0.0)
         return ds
     x = ds.x_train
+    if how == "channel" and x.ndim != 4:
+        raise ConfigError(f"data.normalize='channel' needs images (N, C, H, W), but {ds.name} has inputs of shape "
+                          f"{x.shape[1:]}; use 'global' or 'standard'")
     if how == "global":
         shift, scale = x.mean(), x.std()
+    elif how == "channel":
+        # float64 sums: 50,000 CIFAR images are 5e7 values per channel
+        shift = x.mean(axis=(0, 2, 3), dtype=np.float64)[None, :, None, None]
+        scale = x.std(axis=(0, 2, 3), dtype=np.float64)[None, :, None, None]
     elif how == "standard":
         shift, scale = x.mean(axis=0), x.std(axis=0)
     else:
@@ -91,6 +99,9 @@ def normalize(ds: Dataset, how: str) -> Dataset:
         arr = getattr(ds, f"x_{split}")
         setattr(ds, f"x_{split}", ((arr - shift) / scale).astype(np.float32))
     ds.meta["normalize"] = how
-    if how == "global":   # a raw 0 (black) after normalisation: what image padding fills with
+    # a raw 0 (black) after normalisation: what image padding fills with (one value per channel)
+    if how == "global":
         ds.meta["pad_value"] = float(-shift / scale)
+    elif how == "channel":
+        ds.meta["pad_value"] = tuple(float(v) for v in (-shift / scale).ravel())
     return ds
