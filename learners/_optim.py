@@ -10,7 +10,14 @@ from experiments.errors import ConfigError
 
 # adamw_schedulefree: Defazio et al. 2024 (the `schedulefree` package, imported only when
 # asked for); it keeps two weight sequences, so call `schedule_free_mode(opt, train)` around evaluation.
-OPTIMIZERS = ("sgd", "adam", "adamw", "adamw_schedulefree")
+# adamw_schedulefree_paper: the package's AdamWScheduleFreePaper, the version of the paper's
+# experiments and the one LLS-DNN vendors (its utils/adamwschedulefree.py computes the same step).
+# Its step size carries Adam's bias correction sqrt(1 - beta2^k), and the weight of each iterate in
+# the evaluated average is lr_max^2 with that step size, so iterates of the first few thousand steps
+# count less (step 1: 0.1% of a late one, step 1000: 63%). The current AdamWScheduleFree
+# corrects the second moment instead, keeps lr constant and so averages uniformly from step 1.
+SCHEDULE_FREE = ("adamw_schedulefree", "adamw_schedulefree_paper")
+OPTIMIZERS = ("sgd", "adam", "adamw", *SCHEDULE_FREE)
 SCHEDULES = ("constant", "cosine", "linear_cooldown")
 
 
@@ -46,8 +53,8 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.name={self.name!r} is not known; allowed: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optimizer.schedule={self.schedule!r} is not known; allowed: {', '.join(SCHEDULES)}")
-        if self.name == "adamw_schedulefree" and self.schedule != "constant":
-            raise ConfigError(f"optimizer.schedule={self.schedule!r}: adamw_schedulefree replaces the schedule; "
+        if self.name in SCHEDULE_FREE and self.schedule != "constant":
+            raise ConfigError(f"optimizer.schedule={self.schedule!r}: {self.name} replaces the schedule; "
                               "use schedule=constant (warmup_steps is allowed)")
         if not self.lr > 0:
             raise ConfigError(f"optimizer.lr must be positive, got {self.lr}")
@@ -71,14 +78,14 @@ def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                 fused=_fused(params, cfg))
-    if cfg.name == "adamw_schedulefree":
+    if cfg.name in SCHEDULE_FREE:
         try:
             import schedulefree
         except ImportError as err:
-            raise ConfigError("optimizer.name='adamw_schedulefree' needs the schedulefree package: "
+            raise ConfigError(f"optimizer.name={cfg.name!r} needs the schedulefree package: "
                               "pip install schedulefree") from err
-        opt = schedulefree.AdamWScheduleFree(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                                             warmup_steps=cfg.warmup_steps)
+        cls = schedulefree.AdamWScheduleFreePaper if cfg.name.endswith("_paper") else schedulefree.AdamWScheduleFree
+        opt = cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
         opt.train()
         return opt
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,

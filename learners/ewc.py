@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.errors import ConfigError
-from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
+from learners._optim import SCHEDULE_FREE, OptimizerConfig, make_optimizer, make_scheduler
 from learners.backprop import task_loss
 from learners.base import Learner, Tags, TorchState, evaluating, register
 
@@ -48,10 +48,10 @@ class EWC(Learner):
             raise ConfigError(f"ewc.fisher={self.fisher!r} is not known; allowed: {', '.join(FISHERS)}")
         if self.ewc_lambda < 0:
             raise ConfigError(f"ewc.ewc_lambda={self.ewc_lambda} must be >= 0")
-        if self.optimizer.name == "adamw_schedulefree":
+        if self.optimizer.name in SCHEDULE_FREE:
             # its evaluated model is an average of the weights it trains; the Fisher and the anchor
             # would be taken at the training weights, and evaluation would not match backprop's
-            raise ConfigError("ewc does not support optimizer.name='adamw_schedulefree' (the Fisher and the "
+            raise ConfigError(f"ewc does not support optimizer.name={self.optimizer.name!r} (the Fisher and the "
                               "anchor would be taken at weights other than the evaluated ones); use adam, "
                               "adamw or sgd")
         network = network.to(data_info.device)

@@ -56,3 +56,34 @@ def test_adam_is_fused_by_default_on_cpu_and_can_be_turned_off():
         assert not make_optimizer(weights, OptimizerConfig(name=name, fused=False)).defaults["fused"]
     groups = [{"params": weights[:1], "lr": 0.1}, {"params": weights[1:]}]
     assert make_optimizer(groups, OptimizerConfig(name="adam")).defaults["fused"] is True
+
+
+@pytest.mark.parametrize("name", ["adamw_schedulefree", "adamw_schedulefree_paper"])
+def test_schedule_free_variants_minimise_a_quadratic_at_their_averaged_weights(name):
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
+    opt = make_optimizer([w], OptimizerConfig(name=name, lr=0.1))
+    for _ in range(300):
+        opt.zero_grad()
+        (w ** 2).sum().backward()
+        opt.step()
+    opt.eval()
+    assert w.abs().max() < 0.1
+
+
+def test_paper_schedule_free_weights_early_iterates_by_the_bias_corrected_step_size():
+    """The evaluated point x_k is the average of the z iterates with weights lr_max(k)^2. The paper
+    version's step size is lr * sqrt(1 - beta2^k); the current one's is lr throughout."""
+    lr, beta2, steps = 0.01, 0.999, 5
+    sums = {}
+    for name in ("adamw_schedulefree", "adamw_schedulefree_paper"):
+        w = torch.nn.Parameter(torch.tensor([1.0]))
+        opt = make_optimizer([w], OptimizerConfig(name=name, lr=lr, betas=(0.9, beta2)))
+        for _ in range(steps):
+            opt.zero_grad()
+            (w ** 2).sum().backward()
+            opt.step()
+        sums[name] = opt.param_groups[0]["weight_sum"]
+    assert sums["adamw_schedulefree"] == pytest.approx(steps * lr ** 2)
+    by_hand = sum((lr * math.sqrt(1 - beta2 ** k)) ** 2 for k in range(1, steps + 1))
+    assert sums["adamw_schedulefree_paper"] == pytest.approx(by_hand)
+    assert by_hand < 0.01 * sums["adamw_schedulefree"]         # the first steps count for little
