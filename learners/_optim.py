@@ -16,7 +16,8 @@ from experiments.errors import ConfigError
 # the evaluated average is lr_max^2 with that step size, so iterates of the first few thousand steps
 # count less (step 1: 0.1% of a late one, step 1000: 63%). The current AdamWScheduleFree
 # corrects the second moment instead, keeps lr constant and so averages uniformly from step 1.
-SCHEDULE_FREE = ("adamw_schedulefree", "adamw_schedulefree_paper")
+# sgd_schedulefree: the package's SGDScheduleFree (LLS-DNN's SGDSF; `momentum` is its beta).
+SCHEDULE_FREE = ("adamw_schedulefree", "adamw_schedulefree_paper", "sgd_schedulefree")
 OPTIMIZERS = ("sgd", "adam", "adamw", *SCHEDULE_FREE)
 SCHEDULES = ("constant", "cosine", "linear_cooldown")
 
@@ -56,6 +57,9 @@ class OptimizerConfig:
         if self.name in SCHEDULE_FREE and self.schedule != "constant":
             raise ConfigError(f"optimizer.schedule={self.schedule!r}: {self.name} replaces the schedule; "
                               "use schedule=constant (warmup_steps is allowed)")
+        if self.name == "sgd_schedulefree" and not 0 < self.momentum < 1:
+            raise ConfigError(f"optimizer.momentum={self.momentum} must be in (0, 1) for sgd_schedulefree "
+                              "(it interpolates between the averaged and the latest weights)")
         if not self.lr > 0:
             raise ConfigError(f"optimizer.lr must be positive, got {self.lr}")
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -84,8 +88,14 @@ def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
         except ImportError as err:
             raise ConfigError(f"optimizer.name={cfg.name!r} needs the schedulefree package: "
                               "pip install schedulefree") from err
-        cls = schedulefree.AdamWScheduleFreePaper if cfg.name.endswith("_paper") else schedulefree.AdamWScheduleFree
-        opt = cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
+        if cfg.name == "sgd_schedulefree":
+            opt = schedulefree.SGDScheduleFree(params, lr=cfg.lr, momentum=cfg.momentum,
+                                               weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
+        else:
+            cls = schedulefree.AdamWScheduleFreePaper if cfg.name.endswith("_paper") else \
+                schedulefree.AdamWScheduleFree
+            opt = cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                      warmup_steps=cfg.warmup_steps)
         opt.train()
         return opt
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,

@@ -25,7 +25,7 @@ class Backprop(Learner):
     """Gradient of the task loss through the whole network, one optimiser for all weights."""
 
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
-    # adamw_schedulefree only: training batches kept to refresh batch norm at the averaged weights
+    # schedule-free optimisers only: training batches kept to refresh batch norm at the averaged weights
     # before evaluating (as the local rules do, so that a schedule-free comparison is like for like).
     bn_refresh_batches: int = 50
 

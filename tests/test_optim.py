@@ -43,6 +43,8 @@ def test_optimizers_minimise_a_quadratic(name):
 
 
 def test_bad_optimizer_names():
+    with pytest.raises(ConfigError, match="momentum=0.0 must be in \\(0, 1\\) for sgd_schedulefree"):
+        OptimizerConfig(name="sgd_schedulefree", momentum=0.0)
     with pytest.raises(ConfigError, match="optimizer.name='rmsprop'.*sgd, adam, adamw"):
         OptimizerConfig(name="rmsprop")
     with pytest.raises(ConfigError, match="schedule='step'"):
@@ -58,10 +60,11 @@ def test_adam_is_fused_by_default_on_cpu_and_can_be_turned_off():
     assert make_optimizer(groups, OptimizerConfig(name="adam")).defaults["fused"] is True
 
 
-@pytest.mark.parametrize("name", ["adamw_schedulefree", "adamw_schedulefree_paper"])
+@pytest.mark.parametrize("name", ["adamw_schedulefree", "adamw_schedulefree_paper", "sgd_schedulefree"])
 def test_schedule_free_variants_minimise_a_quadratic_at_their_averaged_weights(name):
     w = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
     opt = make_optimizer([w], OptimizerConfig(name=name, lr=0.1))
+    assert w.abs().max() > 1.0
     for _ in range(300):
         opt.zero_grad()
         (w ** 2).sum().backward()
