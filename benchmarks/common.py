@@ -45,6 +45,9 @@ def write_table(path: str | Path, title: str, header: list[str], rows: list[list
     for row in rows:
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
     text = "\n".join(lines) + "\n"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")    # written whole, then renamed: never half a table
+    partial.write_text(text)
+    partial.replace(path)
     return text
