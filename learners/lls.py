@@ -95,8 +95,9 @@ class LLS(LayerwiseLearner):
     conv_pool: int = 2
     linear_pool: int = 0
     reduced_rows: int = 20
+    # the schedule-free AdamW step of the paper's runs (LLS-DNN vendors it): see learners/_optim.py
     optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(name="adamw_schedulefree", lr=5e-3))
+        default_factory=lambda: OptimizerConfig(name="adamw_schedulefree_paper", lr=5e-3))
     bn_refresh_batches: int = 50
     schedule: str = "simultaneous"
     channels_last: bool = True
