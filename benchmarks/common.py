@@ -38,14 +38,17 @@ def machine_description() -> str:
            f"{torch.get_num_threads()} threads"
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_table(path: str | Path, title: str, header: list[str], rows: list[list], notes: str = "",
                 tail: str = "") -> str:
     """A markdown table written to ``path`` (and returned); ``tail``: more markdown after it."""
-    lines = [f"# {title}", "", notes, "", "| " + " | ".join(header) + " |",
-             "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
-    text = "\n".join(lines) + "\n" + (f"\n{tail.rstrip()}\n" if tail else "")
+    text = f"# {title}\n\n{notes}\n\n{markdown_table(header, rows)}" + (f"\n{tail.rstrip()}\n" if tail else "")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")    # written whole, then renamed: never half a table

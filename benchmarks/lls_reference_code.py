@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_table  # noqa: E402
+from benchmarks.common import markdown_table, write_table  # noqa: E402
 
 # reference arm -> our run folders, first found wins (a folder with both backprop arms keeps the
 # Adam one as `backprop` and the schedule-free one, the reference's optimiser, as `backprop_schedulefree`)
@@ -45,21 +45,20 @@ LABELS = {"bp": "backprop (schedule-free AdamW)", "lls": "lls", "lls_m": "lls_m"
 TESTED = re.compile(r"^metric acc_test (\S+) (\d+)$")
 
 
-def reference_curve(log: Path) -> np.ndarray:
-    """Test accuracy (%) per epoch from one reference log (``metric acc_test <acc> <epoch>``)."""
+def reference_curve(log: Path) -> np.ndarray | None:
+    """Test accuracy (%) per epoch from one reference log (``metric acc_test <acc> <epoch>``); None while
+    the run is still going (main.py logs ``best_acc_test`` once, after its last epoch)."""
+    text = log.read_text()
     by_epoch = {}
-    for line in log.read_text().splitlines():
+    for line in text.splitlines():
         m = TESTED.match(line.strip())
         if m:
             by_epoch[int(m.group(2))] = float(m.group(1))
     if not by_epoch:
         raise ValueError(f"{log} has no 'metric acc_test' lines: not a log of the reference harness")
+    if "metric best_acc_test " not in text:
+        return None
     return np.array([by_epoch[e] for e in sorted(by_epoch)])
-
-
-def finished(log: Path) -> bool:
-    """main.py logs ``best_acc_test`` once, after its last epoch: a log without it is of a run still going."""
-    return "metric best_acc_test " in log.read_text()
 
 
 def our_curves(folder: Path, arms: tuple[str, ...]) -> dict[int, np.ndarray]:
@@ -91,12 +90,12 @@ def main(argv=None) -> str:
     by_arm = {}
     for log in sorted(logs.glob("*_seed*.log")):
         arm, seed = log.stem.rsplit("_seed", 1)
-        if arm in ARMS and finished(log):
-            by_arm.setdefault(arm, []).append((int(seed), log))
+        if arm in ARMS and (curve := reference_curve(log)) is not None:
+            by_arm.setdefault(arm, []).append((int(seed), curve))
     rows, finals = [], {}
     for arm in ARMS:                                   # backprop first, then the LLS variants
-        for seed, log in sorted(by_arm.get(arm, [])):
-            finals[("reference", arm, seed)] = curve = reference_curve(log)
+        for seed, curve in sorted(by_arm.get(arm, []), key=lambda sc: sc[0]):
+            finals[("reference", arm, seed)] = curve
             rows.append([f"reference: {LABELS[arm]}", seed, *[f"{v:.2f}" for v in curve]])
         for code, folder in ours.items():
             for seed, curve in sorted(our_curves(folder, ARMS[arm]).items()):
@@ -107,30 +106,24 @@ def main(argv=None) -> str:
     n = max(len(r) - 2 for r in rows)
     rows = [r + [""] * (n + 2 - len(r)) for r in rows]
     codes = ["reference", *ours]
-    summary, gaps = [], []
-    for arm in ARMS:
-        cells = []
-        for code in codes:
-            final = [c[-1] for (k, a, _), c in finals.items() if k == code and a == arm]
-            cells.append(f"{np.mean(final):.2f} ({len(final)})" if final else "-")
-        summary.append([LABELS[arm], *cells])
+
+    def last(code, arm):
+        return [c[-1] for (k, a, _), c in finals.items() if k == code and a == arm]
+    summary = [[LABELS[arm], *[f"{np.mean(last(code, arm)):.2f} ({len(last(code, arm))})" if last(code, arm)
+                                else "-" for code in codes]] for arm in ARMS]
     for arm in ("lls", "lls_m", "lls_mxm"):
-        cells = []
-        for code in codes:
-            bp = [c[-1] for (k, a, _), c in finals.items() if k == code and a == "bp"]
-            mine = [c[-1] for (k, a, _), c in finals.items() if k == code and a == arm]
-            cells.append(f"{np.mean(mine) - np.mean(bp):+.2f}" if bp and mine else "-")
-        summary.append([f"gap {LABELS[arm]} - backprop", *cells])
+        summary.append([f"gap {LABELS[arm]} - backprop", *[
+            f"{np.mean(last(code, arm)) - np.mean(last(code, 'bp')):+.2f}"
+            if last(code, arm) and last(code, "bp") else "-" for code in codes]])
     notes = ("Fashion-MNIST, smallconv, schedule-free AdamW lr 5e-3, batch 128, crops of the image padded by 4 "
              "and flips, 10 epochs, one torch thread. Test accuracy (%) after the last epoch, mean over seeds "
              "(number of seeds), and each LLS arm's gap to backprop in the same code. Reference logs: "
              + _shown(logs) + "; " + "; ".join(f"{code}: {_shown(folder)}" for code, folder in ours.items())
              + ". Command: `python benchmarks/lls_reference_code.py`.")
-    per_epoch = ["## Test accuracy per epoch", "", "| code and arm | seed | " + " | ".join(
-        str(e + 1) for e in range(n)) + " |", "|" + "---|" * (n + 2)]
-    per_epoch += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    per_epoch = "## Test accuracy per epoch\n\n" + markdown_table(
+        ["code and arm", "seed", *[str(e + 1) for e in range(n)]], rows)
     table = write_table(args.out, "LLS: the authors' code against ours", ["arm", *codes], summary, notes,
-                        tail="\n".join(per_epoch))
+                        tail=per_epoch)
     print(table)
     return table
 
