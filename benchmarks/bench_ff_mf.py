@@ -3,7 +3,7 @@
     ALTLEARN_DATA=/work/shared/data python -m benchmarks.bench_ff_mf --threads 1 --steps 60
 
 For each learner: ``--steps`` timed training steps (after ``--warmup`` untimed ones) on MNIST batches,
-one learner per subprocess so that peak memory (RSS above the level after data and network are
+one learner per subprocess so that peak memory (malloc's bytes in use above the level after data and network are
 loaded) is not shared. FLOPs per step are counted once with torch's FlopCounterMode (matmuls: for
 forward-forward that is its positive, negative and neutral-label passes and the local backward);
 effective FLOP/s divided by the fp32 matmul peak measured in the same run with the same threads

@@ -9,7 +9,7 @@ fixed batch (data loading is not timed), taken in interleaved rounds of 2 steps 
 to a 60000-image MNIST epoch (469 steps of 128, the epoch of LLS-DNN's main.py). Both the wall
 time and the process CPU time are given: on a shared machine the CPU time is the steadier figure.
 Memory: (a) the peak of the tensors autograd keeps for the backward pass (measured with saved-tensor
-hooks, machine-independent; parameters excluded), (b) the peak resident memory of a fresh process
+hooks, machine-independent; parameters excluded), (b) the peak heap in use (malloc's count) of a fresh process
 over the timed steps.
 MACs per sample: torch's FlopCounterMode over one training step / 2 / batch.
 """
@@ -18,8 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -29,7 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_description, matmul_peak_gflops, set_threads, write_table  # noqa: E402
+from benchmarks.common import machine_description, markdown_table, matmul_peak_gflops, set_threads, write_table  # noqa: E402
+from experiments.heap import retain_freed_memory  # noqa: E402
 
 EPOCH_IMAGES = 60000
 CASES = {
@@ -190,21 +194,54 @@ def saved_activation_peak(case: str, network: str, batch: int) -> int:
     return tracker.peak
 
 
-def peak_rss_subprocess(case: str, network: str, batch: int, steps: int) -> int:
-    out = subprocess.run([sys.executable, __file__, "_rss", case, network, str(batch), str(steps)],
+def peak_heap_subprocess(case: str, network: str, batch: int, steps: int, heap: str = "retain") -> int:
+    out = subprocess.run([sys.executable, __file__, "_heap", case, network, str(batch), str(steps), heap],
                          capture_output=True, text=True, check=True, cwd=ROOT)
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss"])
+    return int(json.loads(out.stdout.strip().splitlines()[-1])["peak_heap"])
 
 
-def _rss_child(case: str, network: str, batch: int, steps: int) -> None:
+def _heap_child(case: str, network: str, batch: int, steps: int, heap: str = "retain") -> None:
     from experiments.memory import PeakMemory
     set_threads(1)
+    if heap == "retain":
+        retain_freed_memory()
     learner, state, data = _setup(case, network, batch)
     memory = PeakMemory()
     memory.start()
     for _ in range(steps):
         learner.update(state, data)
-    print(json.dumps({"peak_rss": memory.stop()}))
+    print(json.dumps({"peak_heap": memory.stop()}))
+
+
+REFERENCE_TIME = re.compile(r"Time\s+\S+\s+\(\s*(\S+)\)\s+Data\s+\S+\s+\(\s*(\S+)\)")
+
+
+def time_reference_code(directory: str | Path, batches: int, heap: str, seed: int = 0) -> dict[str, float]:
+    """Seconds per MNIST epoch of the authors' LLS code (LLS-DNN's main.py through the CPU launcher
+    described in benchmarks/lls_reference_code.py, ``run_cpu.py`` in ``directory``): its own
+    ``Time``/``Data`` meters (wall clock) averaged over the first ``batches`` training batches of
+    ``--training-mode LLS --waveform square``, one thread. With ``heap='retain'`` glibc gets the
+    thresholds experiments/heap.py sets in ours (through its environment variables), for a like-for-like
+    figure."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", LLSREF_THREADS="1",
+               LLSREF_MAX_TRAIN_BATCHES=str(batches), LLSREF_MAX_TEST_BATCHES="1", PYTHONUNBUFFERED="1")
+    if heap == "retain":
+        from experiments import heap as H
+        env.update(MALLOC_MMAP_THRESHOLD_=str(H.MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(H.TRIM_THRESHOLD))
+    with tempfile.TemporaryDirectory() as save:
+        out = subprocess.run([sys.executable, "run_cpu.py", "--seed", str(seed), "--dataset", "MNIST",
+                              "--model", "LLS_SmallConv", "--num-epochs", "1", "--lr", "5e-3", "--training-mode",
+                              "LLS", "--waveform", "square", "--batch-size", "128", "--test-batch-size", "128",
+                              "--optimizer", "AdamWSF", "--print-freq", str(batches - 1), "--save-path", save],
+                             cwd=directory, env=env, capture_output=True, text=True)
+    found = [REFERENCE_TIME.search(line) for line in (out.stdout + out.stderr).splitlines()]
+    found = [m for m in found if m]
+    if out.returncode != 0 or not found:
+        raise RuntimeError(f"the reference code in {directory} did not report its batch time "
+                           f"(exit {out.returncode}):\n{(out.stdout + out.stderr)[-2000:]}")
+    per_batch, data = float(found[-1].group(1)), float(found[-1].group(2))
+    n_steps = math.ceil(EPOCH_IMAGES / 128)
+    return {"wall_s_per_epoch": per_batch * n_steps, "without_data": (per_batch - data) * n_steps}
 
 
 def main(argv=None) -> int:
@@ -214,16 +251,32 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--heap", choices=("retain", "default"), default="retain",
+                        help="retain: glibc keeps freed memory, as altlearn's fit does (experiments/heap.py); "
+                             "default: glibc's own thresholds")
+    parser.add_argument("--reference-code", default=None, metavar="DIR",
+                        help="also time the authors' code through the launcher in DIR (see lls_reference_code.py), "
+                             "before and after ours, under both heap settings")
+    parser.add_argument("--reference-batches", type=int, default=150)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lls.md"))
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     cases = args.cases.split(",")
     set_threads(1)
+    reference = []
+    if args.reference_code:
+        reference.append({h: time_reference_code(args.reference_code, args.reference_batches, h)
+                          for h in ("default", "retain")})
+    if args.heap == "retain":
+        retain_freed_memory()
     gflops = matmul_peak_gflops(512, 10)
     header = ["case"] + [f"{k} ({t} thr)" for t in threads for k in ("s/epoch wall", "s/epoch CPU")] + \
-        ["MACs/sample (train step)", "saved activations MiB", "peak RSS MiB"]
+        ["MACs/sample (train step)", "saved activations MiB", "peak heap MiB"]
     timings = {t: time_steps(cases, args.network, args.batch, args.steps, t) for t in threads}
     print(timings, file=sys.stderr, flush=True)
+    if args.reference_code:
+        reference.append({h: time_reference_code(args.reference_code, args.reference_batches, h)
+                          for h in ("default", "retain")})
     rows = []
     for case in cases:
         row = [case]
@@ -232,8 +285,22 @@ def main(argv=None) -> int:
         set_threads(1)
         row += [f"{macs_per_sample(case, args.network, args.batch) / 1e6:.2f} M",
                 saved_activation_peak(case, args.network, args.batch) / 2 ** 20,
-                peak_rss_subprocess(case, args.network, args.batch, max(5, args.steps // 2)) / 2 ** 20]
+                peak_heap_subprocess(case, args.network, args.batch, max(5, args.steps // 2), args.heap) / 2 ** 20]
         rows.append(row)
+    tail = ""
+    if reference:
+        ours = timings[1]["lls"]["wall_s_per_epoch"] if 1 in timings and "lls" in timings[1] else None
+        ref_rows = []
+        for h in ("default", "retain"):
+            wall = sum(r[h]["wall_s_per_epoch"] for r in reference) / len(reference)
+            bare = sum(r[h]["without_data"] for r in reference) / len(reference)
+            ref_rows.append([f"authors' code, glibc heap {h}", " / ".join(f"{r[h]['wall_s_per_epoch']:.1f}"
+                                                                        for r in reference),
+                             wall, bare, f"{wall / ours:.2f}x" if ours else "-", f"{bare / ours:.2f}x" if ours else "-"])
+        tail = ("## The authors' code, timed before and after ours (1 thread, wall clock, its own meters over "
+                f"{args.reference_batches} batches)\n\n" + markdown_table(
+                    ["run", "s/epoch (before / after)", "s/epoch mean", "without data loading",
+                     f"mean / ours (lls, heap {args.heap})", "without data / ours"], ref_rows))
     notes = (f"`python benchmarks/bench_lls.py --network {args.network} --batch {args.batch} --steps {args.steps} "
              f"--threads {args.threads}`\n\nMachine: {machine_description()}; fp32 matmul peak at 1 thread "
              f"{gflops:.1f} GFLOP/s when measured (the machine is shared, so wall times vary; CPU times are "
@@ -242,9 +309,9 @@ def main(argv=None) -> int:
              "reference-style lls: the reference's per-step computation re-implemented (NCHW, torch's adaptive "
              "pooling, basis rebuilt every step). MACs per sample count one training "
              "step (forward, local losses, backward). Saved activations: peak bytes autograd holds for "
-             "backward during one step (parameters excluded). Peak RSS: a fresh process over the timed steps, "
-             "above its level before training.")
-    print(write_table(args.out, f"LLS vs backprop on {args.network}", header, rows, notes))
+             "backward during one step (parameters excluded). Peak heap: malloc's bytes in use (experiments/memory.py) "
+             f"in a fresh process over the timed steps, above its level before training. glibc heap: {args.heap} (experiments/heap.py).")
+    print(write_table(args.out, f"LLS vs backprop on {args.network}", header, rows, notes, tail=tail))
     return 0
 
 
@@ -284,7 +351,7 @@ def summarize(folder: str | Path) -> str:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "summarize":
         print(summarize(sys.argv[2]))
-    elif len(sys.argv) > 1 and sys.argv[1] == "_rss":
-        _rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_heap":
+        _heap_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
     else:
         sys.exit(main())

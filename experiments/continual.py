@@ -40,6 +40,7 @@ import xarray as xr
 
 from experiments.datasets import Dataset
 from experiments.errors import ConfigError
+from experiments.heap import retain_freed_memory
 from experiments.fit import (FitResult, guarded, LoopConfig, Run, _count_parameters, _network_name, _train_epoch, as_spec,
                              evaluate, to_tensor)
 from experiments.memory import PeakMemory
@@ -247,6 +248,8 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
     spec = as_spec(network).resolve(stream.input_shape, stream.n_outputs)
     if loop.threads:
         torch.set_num_threads(int(loop.threads))
+    if loop.retain_freed_memory:
+        retain_freed_memory()
     device = loop.device
     first = stream.tasks[0]
     n_train = len(first.x_train)

@@ -1,6 +1,8 @@
 """Peak memory of the training process, sampled from a background thread."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import sys
@@ -28,13 +30,44 @@ def current_rss() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
-class PeakMemory:
-    """Peak resident heap memory above the level at start, while active.
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-    Resident anonymous memory counts torch's CPU allocations (which tracemalloc
-    would miss) and numpy's. Freed heap that the allocator keeps is counted as
-    still in use, so the app trains each run in its own forked process
-    (``isolate: true``) and runs compare only when they ran that way.
+
+def _load_mallinfo2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2   # glibc >= 2.33
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.argtypes, mallinfo2.restype = (), _MallInfo2
+    return mallinfo2
+
+
+_MALLINFO2 = _load_mallinfo2()
+MEASURE = "malloc_in_use" if _MALLINFO2 is not None else "rss_anon"
+
+
+def heap_in_use() -> int:
+    """Bytes malloc has handed out and not taken back: glibc's chunks in use in every arena plus its
+    mmapped blocks (mallinfo2). Unlike resident memory it does not count freed memory the allocator
+    keeps, so it does not depend on glibc's thresholds (experiments/heap.py raises them) nor on
+    heap a forking parent freed. Without glibc: ``current_rss()``."""
+    if _MALLINFO2 is None:
+        return current_rss()
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
+
+
+class PeakMemory:
+    """Peak heap memory in use above the level at start, while active (``heap_in_use``).
+
+    malloc's count covers torch's CPU allocations (which tracemalloc would miss), numpy's and
+    numba's. Sampled every ``interval`` seconds, so a spike shorter than that can be missed; where
+    the count falls back to resident memory, freed heap the allocator keeps counts as in use, which
+    is one reason the app trains each run in its own forked process (``isolate: true``).
     On CUDA the device's own peak allocation is reported instead.
     """
 
@@ -43,17 +76,18 @@ class PeakMemory:
         self._peak = 0
         self._stop = threading.Event()
         self._thread = None
-        self.baseline = current_rss()
+        self.measure = "cuda_max_allocated" if device.startswith("cuda") else MEASURE
+        self.baseline = heap_in_use()
 
     def _sample(self):
         while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, current_rss())
+            self._peak = max(self._peak, heap_in_use())
 
     def start(self):
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
-        self._peak = current_rss()
+        self._peak = heap_in_use()
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -62,7 +96,7 @@ class PeakMemory:
     def peak_so_far(self) -> int:
         if self.device.startswith("cuda"):
             return int(torch.cuda.max_memory_allocated(self.device))
-        self._peak = max(self._peak, current_rss())
+        self._peak = max(self._peak, heap_in_use())
         return max(self._peak - self.baseline, 0)
 
     def stop(self) -> int:
@@ -72,5 +106,5 @@ class PeakMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._peak = max(self._peak, current_rss())
+        self._peak = max(self._peak, heap_in_use())
         return max(self._peak - self.baseline, 0)

@@ -143,12 +143,18 @@ def test_modulated_logits_by_hand():
     assert torch.allclose(LocalHead("lls_mxm", B, M.clone(), 0.5)(u), z @ M / 0.5)
 
 
-@pytest.mark.parametrize("shape,size", [((3, 5, 28, 28), 4), ((3, 5, 7, 7), 2), ((2, 4, 5, 7), 3), ((2, 3, 2, 2), 4)])
+@pytest.mark.parametrize("shape,size", [((3, 5, 28, 28), 4), ((3, 5, 14, 12), 2), ((3, 5, 7, 7), 2),
+                                        ((2, 4, 5, 7), 3), ((2, 3, 2, 2), 4)])
 def test_pooling_equals_adaptive_average_pooling(shape, size):
-    a = torch.randn(shape)
+    a = torch.randn(shape, requires_grad=True)
     expected = F.adaptive_avg_pool2d(a, size).flatten(1)
-    for x in (a, a.contiguous(memory_format=torch.channels_last)):
-        torch.testing.assert_close(pool_activity(x, size), expected, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(expected)
+    (expected_grad,) = torch.autograd.grad(expected, a, g)
+    for layout in (torch.contiguous_format, torch.channels_last):   # the matmul and the reshape-sum paths
+        x = a.detach().contiguous(memory_format=layout).requires_grad_(True)
+        u = pool_activity(x, size)
+        torch.testing.assert_close(u, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.autograd.grad(u, x, g)[0], expected_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_linear_pooling_identity_and_the_smallconvl_upsampling():
