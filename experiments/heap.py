@@ -5,12 +5,15 @@ activations at batch 128 are 12.8 MB). glibc's malloc serves blocks above its mm
 (128 KiB, raised dynamically only up to the size of blocks already freed) with fresh mmaps, and
 trims freed memory at the top of the heap beyond its trim threshold back to the OS; either way the
 next step touches new pages and pays a page fault for every 4 KiB. On this project's CPU machine
-that was 9000-11000 minor faults and 15-25 ms of system time per 75 ms LLS step on smallconv
-(benchmarks/bench_lls.py, ``--heap`` column). PyTorch's CPU performance guide recommends the same
-cure through jemalloc or tcmalloc; mallopt does it with the allocator already loaded.
+that was 9,000-12,000 minor faults and 15-25 ms of system time per ~75 ms LLS step on smallconv,
+against ~300 faults and under 1 ms with the thresholds raised (``benchmarks/bench_lls.py --heap
+default|retain`` times either). PyTorch's CPU performance guide recommends the same cure through jemalloc or
+tcmalloc; mallopt does it with the allocator already loaded. The setting holds for the rest of the
+process: ``loop.retain_freed_memory: false`` only keeps a fit from making it.
 
-The price is resident memory: freed blocks stay mapped (never more than the process's own peak of
-live memory plus fragmentation), which is why ``peak_memory`` is measured in a fresh process per run.
+The price is resident memory: freed blocks stay mapped (up to the process's own peak of live
+memory plus fragmentation). ``peak_memory`` counts malloc's bytes in use (experiments/memory.py), so
+what glibc keeps is not charged to a learner.
 """
 from __future__ import annotations
 
