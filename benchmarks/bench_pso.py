@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine_description, set_threads, write_table  # noqa: E402
+from experiments.heap import retain_freed_memory  # noqa: E402
 
 set_threads(1)
+retain_freed_memory()   # as every fit does (experiments/heap.py); pyswarms, timed in this process, gets it too
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
