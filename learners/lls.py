@@ -288,8 +288,6 @@ def pool_activity(a: torch.Tensor, size: int) -> torch.Tensor:
     linear activity kept (size 0) or average-pooled to ``size`` features, which up-samples by
     repetition when size exceeds the width (the reference's SmallConvL quirk)."""
     if a.dim() == 4:
-        # adaptive_avg_pool2d as one matmul with its (s*s, H*W) averaging matrix: the same numbers,
-        # but its backward on channels-last maps is ~5x cheaper on CPU than torch's pooling kernel.
         n, c, h, w = a.shape
         if a.is_contiguous(memory_format=torch.channels_last) and h % size == 0 and w % size == 0:
             # equal windows: two sums over reshaped views, rows first. Forward and backward took
@@ -297,6 +295,8 @@ def pool_activity(a: torch.Tensor, size: int) -> torch.Tensor:
             rows = a.permute(0, 2, 3, 1).reshape(n * size, h // size, size, (w // size) * c).sum(1)
             u = rows.reshape(n, size, size, w // size, c).sum(3) * (1.0 / ((h // size) * (w // size)))
             return u.permute(0, 3, 1, 2).reshape(n, c * size * size)
+        # otherwise adaptive_avg_pool2d as one matmul with its (s*s, H*W) averaging matrix: the same
+        # numbers, but its backward on channels-last maps is ~5x cheaper on CPU than torch's pooling kernel.
         k = _pool_matrix(h, w, size).to(device=a.device, dtype=a.dtype)
         if a.is_contiguous(memory_format=torch.channels_last):
             u = torch.matmul(k, a.permute(0, 2, 3, 1).reshape(n, h * w, c)).transpose(1, 2)

@@ -88,3 +88,22 @@ def test_spec_validation_messages():
         get_preset("smallconv").resolve((2,), 2)
     with pytest.raises(ConfigError, match="one pooling size per conv block"):
         NetworkSpec(kind="convnet", channels=(8, 8), pool=(2,))
+
+
+def test_in_place_activation_after_batch_norm_changes_no_value_or_gradient():
+    spec = get_preset("smallconv").resolve((1, 28, 28), 10)
+    net, twin = build(spec, 0), build(spec, 0)
+    in_place = [m for m in net.modules() if getattr(m, "inplace", False)]
+    assert len(in_place) == 4                             # 3 conv blocks + the FC block, each after its norm
+    for m in twin.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    x = torch.randn(8, 1, 28, 28)
+    out, out_twin = net(x), twin(x)
+    torch.testing.assert_close(out, out_twin)
+    out.square().sum().backward()
+    out_twin.square().sum().backward()
+    for p, q in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    mlp = build(NetworkSpec(widths=(16,), activation="relu").resolve((4,), 3), 0)
+    assert not any(getattr(m, "inplace", False) for m in mlp.modules())   # no norm: out of place
