@@ -32,22 +32,28 @@ TRIM_THRESHOLD = (1 << 31) - 1
 _applied: list[bool] = []
 
 
+def glibc_function(name: str, argtypes: tuple, restype):
+    """The C library's function ``name`` with its signature set, or None off Linux or where the
+    library lacks it (musl, glibc older than the function)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
 def retain_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process (once). True when they were set;
     False where the C library is not glibc (macOS, Windows, musl), which is then left as it is."""
     if _applied:
         return _applied[0]
-    ok = False
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
-            mallopt = None
-        if mallopt is not None:
-            mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-            # both, and in this order: setting either one switches off glibc's dynamic threshold,
-            # and a trim threshold alone leaves every block above 128 KiB mmapped (2x slower here)
-            ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mallopt = glibc_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+    # both, and in this order: setting either one switches off glibc's dynamic threshold,
+    # and a trim threshold alone leaves every block above 128 KiB mmapped (2x slower here)
+    ok = mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) \
+        and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     _applied.append(ok)
     return ok

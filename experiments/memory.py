@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import resource
 import sys
 import threading
 
 import torch
+
+from experiments.heap import glibc_function
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -35,18 +36,7 @@ class _MallInfo2(ctypes.Structure):
                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def _load_mallinfo2():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2   # glibc >= 2.33
-    except (OSError, AttributeError):
-        return None
-    mallinfo2.argtypes, mallinfo2.restype = (), _MallInfo2
-    return mallinfo2
-
-
-_MALLINFO2 = _load_mallinfo2()
+_MALLINFO2 = glibc_function("mallinfo2", (), _MallInfo2)   # glibc >= 2.33
 MEASURE = "malloc_in_use" if _MALLINFO2 is not None else "rss_anon"
 
 
