@@ -6,7 +6,9 @@
    forward pass per particle, c1=0.5, c2=0.3, w=0.9), against altlearn's ``particle_swarm``
    with ``mode=global`` (all particles in one batched pass): 100 particles, a 64-32-10 tanh network,
    the digits training rows as one batch; CPU time per iteration, and altlearn's time against the
-   iteration's matrix-multiply bound (its GEMM flops at this machine's measured fp32 GEMM rate).
+   iteration's matrix-multiply bound (its GEMM flops at this machine's measured fp32 GEMM rate);
+   and with ``fitness_dtype=bfloat16`` (first layer's product in bf16; its bound takes that product
+   at the measured bf16 rate), where the CPU has native bf16 products.
 2. Neuron-wise PSO: CPU time of one full sweep over the 42 neurons (k particles each) of
    64-32-10 on a batch, fused numba kernel against the plain numpy path.
 3. The swarm move kernel, numba against numpy.
@@ -39,16 +41,17 @@ import torch  # noqa: E402
 from experiments.datasets import load_dataset  # noqa: E402
 from learners import make_learner  # noqa: E402
 from learners._kernels import swarm as K  # noqa: E402
+from learners.particle_swarm import native_bf16_products  # noqa: E402
 from learners.base import DataInfo  # noqa: E402
 from networks import NetworkSpec, build  # noqa: E402
 
 SHAPE = (64, 32, 10)
 
 
-def gemm_gflops_cpu(n=1024, repeats=20):
-    """Best fp32 GEMM rate in GFLOP/s of CPU time (process time, like every timing here, so that
+def gemm_gflops_cpu(n=1024, repeats=20, dtype=torch.float32):
+    """Best GEMM rate in GFLOP/s of CPU time (process time, like every timing here, so that
     other load on a shared machine does not inflate the bound)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
@@ -168,6 +171,17 @@ def main(argv=None):
     rows.append(["whole-network PSO, 100 particles, one iteration", "altlearn particle_swarm mode=global",
                  1e3 * t_ours, f"{t_peer / t_ours:.1f}x faster; {t_ours / bound:.2f}x the GEMM bound "
                                f"({1e3 * bound:.1f} ms)"])
+    peak_bf16 = None
+    if native_bf16_products():
+        peak_bf16 = gemm_gflops_cpu(dtype=torch.bfloat16)
+        learner, state = altlearn_state("global", k, X.shape[1], "tanh", reevaluate=False, fitness_dtype="bfloat16")
+        t_bf16 = cpu_time(lambda: learner.update(state, (xt, yt)), args.iters)
+        first = 2.0 * k * len(X) * SHAPE[0] * SHAPE[1]
+        bound_bf16 = first / (peak_bf16 * 1e9) + (gemm_flops - first) / (peak * 1e9)
+        rows.append(["whole-network PSO, 100 particles, one iteration",
+                     "altlearn particle_swarm mode=global fitness_dtype=bfloat16", 1e3 * t_bf16,
+                     f"{t_peer / t_bf16:.1f}x faster; {t_bf16 / bound:.2f}x the fp32 GEMM bound, "
+                     f"{t_bf16 / bound_bf16:.2f}x its own ({1e3 * bound_bf16:.1f} ms)"])
 
     # 2. neuron-wise sweep (the pso_digits settings: relu, 20 particles, batch 128)
     Xb, yb = xt[:128], yt[:128]
@@ -188,7 +202,10 @@ def main(argv=None):
                           else 200) for fn in (K.pso_move, K.pso_move_numpy)]
         rows.append([f"swarm move, {shape[0]} x {shape[1]}", "numba / numpy", f"{1e6 * times[0]:.1f} us / "
                      f"{1e6 * times[1]:.1f} us", f"numba {times[1] / times[0]:.1f}x faster"])
-    notes = (f"Machine: {machine_description()}; one thread; fp32 GEMM peak measured {peak:.1f} GFLOP/s. "
+    bf16_note = (f"bf16 GEMM peak {peak_bf16:.1f} GFLOP/s" if peak_bf16 else
+                 "no native bf16 products on this CPU, so no bf16 row")
+    notes = (f"Machine: {machine_description()}; one thread; fp32 GEMM peak measured {peak:.1f} GFLOP/s, "
+             f"{bf16_note}. "
              f"Data: digits training rows ({len(X)} x 64). CPU seconds (process time), {args.iters} iterations "
              "after a warm-up. Command: `python benchmarks/bench_pso.py`.")
     print(write_table(args.out, "Particle swarm: altlearn vs pyswarms, numba vs numpy",

@@ -271,3 +271,47 @@ def test_the_lls_vgg8_cifar10_config_trains_on_the_fixture(cifar10_root, arm):
             assert int(ds.attrs["n_parameters"]) == vgg8_parameters + 7 * 10 * 10
         else:
             assert int(ds.attrs["n_parameters"]) == vgg8_parameters
+
+
+def test_the_lls_vgg8_cifar100_config_trains_on_the_fixture(tmp_path, monkeypatch):
+    """Table 3's CIFAR-100 row: the CIFAR-10 config with the 100 fine classes, so LLS-MxM adds
+    100 x 100 per block and the head has 100 outputs."""
+    import xarray as xr
+
+    from tests.test_cli import altlearn
+    install(tmp_path, "cifar100", cifar100_members(), monkeypatch)
+    out = altlearn("experiment=reproduce_lls_cifar100_vgg8_gpu", "learner.variant=lls_mxm", "loop.n_epochs=1",
+                   "loop.progress=false", "data.val_size=2", "loop.batch_size=4",
+                   "+learner_overrides.lls.bn_refresh_batches=1", f"data.options.root={tmp_path}",
+                   "data.options.download=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    with xr.open_dataset(tmp_path / "run" / "results.nc") as ds:
+        assert str(ds["dataset"].values) == "cifar100" and int(ds.attrs["n_train"]) == 4
+        assert "erase_prob: 0.2" in ds.attrs["config"] and "normalize: channel" in ds.attrs["config"]
+        widths = (3, 128, 256, 256, 256, 512, 512)
+        vgg8_parameters = (sum(a * b * 9 + 3 * b for a, b in zip(widths, widths[1:]))
+                           + 512 * 2 * 2 * 1024 + 3 * 1024 + 1024 * 100 + 100)
+        assert ds.sizes["block"] == 7
+        assert int(ds.attrs["n_parameters"]) == vgg8_parameters + 7 * 100 * 100
+
+
+def test_the_lls_smallconv_l_config_trains_on_the_fixture(cifar10_root):
+    """Table 2: SmallConvL (96, 192, 512, FC1024) with flips only, and the reference's linear block
+    'pooled' up to 2048 features; LLS adds no parameters."""
+    import xarray as xr
+
+    from tests.test_cli import altlearn
+    root, _ = cifar10_root
+    out = altlearn("experiment=reproduce_lls_smallconv_l_gpu", "loop.n_epochs=1", "loop.progress=false",
+                   "data.val_size=2", "loop.batch_size=4", "+learner_overrides.lls.bn_refresh_batches=1",
+                   f"data.options.root={root}", "data.options.download=false", f"hydra.run.dir={root}/run", cwd=root)
+    assert out.returncode == 0, out.stderr
+    with xr.open_dataset(root / "run" / "results.nc") as ds:
+        assert "channels: [96, 192, 512]" in ds.attrs["network_spec"]
+        assert "hflip: true" in ds.attrs["config"] and "crop_padding: 0" in ds.attrs["config"]
+        assert "linear_pool: 2048" in ds.attrs["config"]
+        assert ds.sizes["block"] == 4                  # three conv blocks and FC1024
+        widths = (3, 96, 192, 512)                     # 3x3 convs with bias and BN, FC1024-BN, head
+        parameters = (sum(a * b * 9 + 3 * b for a, b in zip(widths, widths[1:]))
+                      + 512 * 2 * 2 * 1024 + 3 * 1024 + 1024 * 10 + 10)
+        assert int(ds.attrs["n_parameters"]) == parameters

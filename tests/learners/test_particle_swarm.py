@@ -197,6 +197,46 @@ def test_same_seed_same_weights(mode):
     np.testing.assert_array_equal(*weights)
 
 
+def _round_bf16(a):
+    return torch.from_numpy(np.ascontiguousarray(a, np.float32)).bfloat16().double().numpy()
+
+
+def test_bfloat16_fitness_scores_the_bf16_rounded_first_layer():
+    """fitness_dtype=bfloat16 scores each particle as the network whose inputs, first-layer weights
+    and first-layer pre-activations are rounded to bf16 (products accumulated in fp32), the rest in
+    fp32: it matches that emulation far more closely than it matches the float32 score."""
+    learner, state, X, y = _setup("global", (7,), "tanh", n=64, n_particles=8, fitness_dtype="bfloat16")
+    P = state.P * 3.0
+    got = learner.swarm_fitness(state, P, X, y)
+    exact = make_learner("particle_swarm", mode="global", n_particles=8).swarm_fitness(state, P, X, y)
+    k, (din, h, c) = len(P), state.sizes
+    Wb0 = P[:, :state.woff[1]].reshape(k, h, din + 1)
+    Wb1 = P[:, state.woff[1]:].reshape(k, c, h + 1)
+    X1 = np.concatenate([X, np.ones((len(X), 1))], 1)
+    Z = _round_bf16(np.einsum("ni,khi->knh", _round_bf16(X1), _round_bf16(Wb0)))
+    logits = np.einsum("knh,kch->knc", np.tanh(Z), Wb1[:, :, :-1]) + Wb1[:, None, :, -1]
+    logp = logits - logits.max(2, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(2, keepdims=True))
+    emulated = -logp[:, np.arange(len(y)), y].mean(1)
+    assert np.abs(got - exact).max() > 1e-4                  # the bf16 path was taken
+    np.testing.assert_allclose(got, emulated, rtol=0, atol=1e-5)    # measured 2.4e-7
+    assert np.abs(got - exact).max() < 2 ** -8 * exact.max()  # bf16's precision, no worse
+
+
+def test_bfloat16_fitness_is_for_the_global_mode_only():
+    data = load_dataset("blobs", seed=0, n_train=50, n_test=10)
+    with pytest.raises(ConfigError, match="fitness_dtype.*mode=global"):
+        fit(make_learner("particle_swarm", mode="neuron", fitness_dtype="bfloat16"), "mlp_small", data,
+            loop=LoopConfig(n_epochs=1, progress=False))
+
+
+def test_bfloat16_fitness_warns_where_the_cpu_has_no_native_bf16(monkeypatch):
+    import learners.particle_swarm as ps
+    monkeypatch.setattr(ps, "native_bf16_products", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no native bf16.*fitness_dtype=float32"):
+        _setup("global", (4,), "tanh", fitness_dtype="bfloat16")
+
+
 def test_smoke_xor_2_8_2_reaches_95_percent_train_accuracy():
     data = load_dataset("xor", seed=0, n_train=400, n_test=200)
     learner = make_learner("particle_swarm", n_particles=10, velocity_clamp=0.2)
@@ -205,9 +245,11 @@ def test_smoke_xor_2_8_2_reaches_95_percent_train_accuracy():
     assert float(res.results["accuracy"].sel(split="train")[-1]) >= 0.95
 
 
-def test_whole_network_pso_learns_blobs():
+@pytest.mark.parametrize("fitness_dtype", ["float32", "bfloat16"])
+def test_whole_network_pso_learns_blobs(fitness_dtype):
     data = load_dataset("blobs", seed=0, n_train=300, n_test=200)
-    learner = make_learner("particle_swarm", mode="global", n_particles=30, velocity_clamp=0.1, init_scale=1.0)
+    learner = make_learner("particle_swarm", mode="global", n_particles=30, velocity_clamp=0.1, init_scale=1.0,
+                           fitness_dtype=fitness_dtype)
     res = fit(learner, {"widths": [8], "activation": "tanh"}, data, seed=0,
               loop=LoopConfig(n_epochs=10, batch_size=300, progress=False))
     acc = res.results["accuracy"].sel(split="test").values
@@ -216,7 +258,8 @@ def test_whole_network_pso_learns_blobs():
 
 
 @pytest.mark.parametrize("key,value", [("mode", "layer"), ("order", "sideways"), ("n_particles", 0),
-                                       ("neuron_fraction", 0.0), ("kernel", "cuda")])
+                                       ("neuron_fraction", 0.0), ("kernel", "cuda"),
+                                       ("fitness_dtype", "float16")])
 def test_bad_settings_name_the_key(key, value):
     data = load_dataset("blobs", seed=0, n_train=50, n_test=10)
     with pytest.raises(ConfigError, match=key):
