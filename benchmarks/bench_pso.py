@@ -14,8 +14,9 @@
 3. The swarm move kernel, numba against numpy.
 
 ``python benchmarks/bench_pso.py --summarise`` tabulates the committed pso_toy, pso_toy_global,
-pso_digits and pso_digits_global runs (final test accuracy per seed, training time, and test
-accuracy reached within training-time budgets) into benchmarks/results/pso_experiments.md.
+pso_toy_global_equal_time, pso_digits, pso_digits_global and pso_digits_global_equal_time runs
+(final test accuracy per seed, training time, and test accuracy reached within training-time
+budgets) into benchmarks/results/pso_experiments.md.
 
 One thread everywhere; ``pip install pyswarms`` for the peer (benchmark only).
 """
@@ -109,10 +110,13 @@ def summarise(out):
     import xarray as xr
     reference = ROOT / "benchmarks" / "reference"
     groups = {}
-    for experiment in ("pso_toy", "pso_toy_global", "pso_digits", "pso_digits_global"):
+    suffix = {"pso_toy_global_equal_time": " (500 epochs)", "pso_digits_global_equal_time": " (200 epochs)"}
+    for experiment in ("pso_toy", "pso_toy_global", "pso_toy_global_equal_time", "pso_digits", "pso_digits_global",
+                       "pso_digits_global_equal_time"):
         for path in sorted((reference / experiment).rglob("results.nc")):
             with xr.open_dataset(path) as ds:
-                label = path.parent.parent.name          # particle_swarm, particle_swarm_global, backprop
+                # particle_swarm, particle_swarm_global, backprop
+                label = path.parent.parent.name + suffix.get(experiment, "")
                 acc = ds["accuracy"].sel(split="test").values
                 # steady-state time: the median epoch's training time, so that a first epoch that
                 # includes numba compilation (or a burst of other load) does not dominate
@@ -134,9 +138,10 @@ def summarise(out):
         rows.append([dataset, label, f"{100 * final.mean():.2f}", f"{100 * final.min():.2f}",
                      " ".join(f"{100 * v:.2f}" for v in final), f"{np.mean([w[-1] for *_, w in runs]):.1f}", *at])
     notes = ("Final-epoch test accuracy (%) over seeds, training time (s: median recorded epoch time x epochs, "
-             "wall clock on a shared 2-core machine under heavy load from other jobs, so CPU time is several "
-             "times lower), and the mean test accuracy of the last epoch finished within each training-time "
-             "budget on that clock. Sources: "
+             "wall clock on the shared 2-core machine with two other single-thread jobs running, all runs in "
+             "the eighth session, so their times compare), and the mean test accuracy of the last epoch "
+             "finished within each training-time budget on that clock (a run that finished earlier keeps "
+             "its final value). Sources: "
              "benchmarks/reference/pso_*/**/results.nc.")
     return write_table(out, "PSO experiments: accuracy against training time",
                        ["dataset", "learner", "mean acc", "worst seed", "per seed", "train s",
