@@ -8,7 +8,9 @@
    the digits training rows as one batch; CPU time per iteration, and altlearn's time against the
    iteration's matrix-multiply bound (its GEMM flops at this machine's measured fp32 GEMM rate);
    and with ``fitness_dtype=bfloat16`` (first layer's product in bf16; its bound takes that product
-   at the measured bf16 rate), where the CPU has native bf16 products.
+   at the measured bf16 rate), where the CPU has native bf16 products. A second table splits that
+   iteration by stage (the fitness pass's own process-time clock, ``stage_times``), beside each
+   matrix product's bound, to show what stands between the iteration and its bound.
 2. Neuron-wise PSO: CPU time of one full sweep over the 42 neurons (k particles each) of
    64-32-10 on a batch, fused numba kernel against the plain numpy path.
 3. The swarm move kernel, numba against numpy.
@@ -30,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_description, set_threads, write_table  # noqa: E402
+from benchmarks.common import machine_description, markdown_table, set_threads, write_table  # noqa: E402
 from experiments.heap import retain_freed_memory  # noqa: E402
 
 set_threads(1)
@@ -42,7 +44,7 @@ import torch  # noqa: E402
 from experiments.datasets import load_dataset  # noqa: E402
 from learners import make_learner  # noqa: E402
 from learners._kernels import swarm as K  # noqa: E402
-from learners.particle_swarm import native_bf16_products  # noqa: E402
+from learners.particle_swarm import _batched_cross_entropy, native_bf16_products  # noqa: E402
 from learners.base import DataInfo  # noqa: E402
 from networks import NetworkSpec, build  # noqa: E402
 
@@ -104,6 +106,36 @@ def altlearn_state(mode, n_particles, n_in, activation, **params):
     learner = make_learner("particle_swarm", mode=mode, n_particles=n_particles, **params)
     state = learner.init(build(spec, 0), DataInfo(input_shape=(n_in,), n_classes=SHAPE[2], n_train=1), 0)
     return learner, state
+
+
+def stage_breakdown(X, y, k, iters, dtypes, peaks):
+    """Rows of ms per iteration by stage of the whole-network fitness pass, per fitness dtype; the
+    move, the personal/global bests and the call overhead are the full update less the pass."""
+    d, h, c = SHAPE
+    rows = []
+    for dtype in dtypes:
+        learner, state = altlearn_state("global", k, X.shape[1], "tanh", reevaluate=False, fitness_dtype=dtype)
+        t_update = cpu_time(lambda: learner.update(state, (X, y)), iters)
+        P = torch.from_numpy(state.P)
+        totals = {}
+        with torch.inference_mode():
+            _batched_cross_entropy(state, P, X, y, getattr(torch, dtype), totals)      # warm-up
+            totals.clear()
+            for _ in range(iters):
+                _batched_cross_entropy(state, P, X, y, getattr(torch, dtype), totals)
+        first_peak = peaks[dtype]
+        bounds = {"first-layer product": 2.0 * k * len(X) * d * h / (first_peak * 1e9),
+                  "later layers": 2.0 * k * len(X) * h * c / (peaks["float32"] * 1e9)}
+        for stage, total in totals.items():
+            ms = 1e3 * total / iters
+            bound = bounds.get(stage)
+            rows.append([dtype, stage, f"{ms:.2f}", f"{1e3 * bound:.2f}" if bound else "",
+                         f"{ms / (1e3 * bound):.2f}x" if bound else ""])
+        rest = 1e3 * (t_update - sum(totals.values()) / iters)
+        rows.append([dtype, "move, bests, rest of the update", f"{rest:.2f}", "", ""])
+        rows.append([dtype, "**iteration**", f"{1e3 * t_update:.2f}", f"{1e3 * sum(bounds.values()):.2f}",
+                     f"{t_update / sum(bounds.values()):.2f}x"])
+    return rows
 
 
 def summarise(out):
@@ -207,6 +239,15 @@ def main(argv=None):
                           else 200) for fn in (K.pso_move, K.pso_move_numpy)]
         rows.append([f"swarm move, {shape[0]} x {shape[1]}", "numba / numpy", f"{1e6 * times[0]:.1f} us / "
                      f"{1e6 * times[1]:.1f} us", f"numba {times[1] / times[0]:.1f}x faster"])
+    dtypes = ["float32"] + (["bfloat16"] if peak_bf16 else [])
+    stages = stage_breakdown(xt, yt, k, args.iters, dtypes, {"float32": peak, "bfloat16": peak_bf16})
+    stage_table = ("\n## The whole-network iteration by stage\n\n"
+                   "100 particles, digits training rows; ms of CPU time per iteration (the fitness pass's own "
+                   "clock, `stage_times` of `_batched_cross_entropy`, over the same iterations), and each matrix "
+                   "product's bound at the measured GEMM peak of its dtype (the weights' flops, as in the table above). "
+                   "The activation, the widening and the cross-entropy have no matrix-multiply bound: they are "
+                   "what separates the iteration from its bound.\n\n"
+                   + markdown_table(["fitness dtype", "stage", "ms", "GEMM bound ms", "x bound"], stages))
     bf16_note = (f"bf16 GEMM peak {peak_bf16:.1f} GFLOP/s" if peak_bf16 else
                  "no native bf16 products on this CPU, so no bf16 row")
     notes = (f"Machine: {machine_description()}; one thread; fp32 GEMM peak measured {peak:.1f} GFLOP/s, "
@@ -214,7 +255,7 @@ def main(argv=None):
              f"Data: digits training rows ({len(X)} x 64). CPU seconds (process time), {args.iters} iterations "
              "after a warm-up. Command: `python benchmarks/bench_pso.py`.")
     print(write_table(args.out, "Particle swarm: altlearn vs pyswarms, numba vs numpy",
-                      ["what", "implementation", "ms", "note"], rows, notes))
+                      ["what", "implementation", "ms", "note"], rows, notes, tail=stage_table))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ earlier block's update depends on the later blocks; the tags therefore say ``glo
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar
@@ -386,7 +387,22 @@ def _activate_(H, code: int, tanh_folded: bool):
     return _TORCH_ACTIVATIONS[code](H)
 
 
-def _batched_cross_entropy(state, Pt, X, y, first_dtype=torch.float32):
+class _StageClock:
+    """Process time per named stage of the fitness pass, added into ``totals`` (a dict); off when
+    ``totals`` is None. For benchmarks/bench_pso.py's breakdown of where an iteration goes."""
+
+    def __init__(self, totals):
+        self.totals = totals
+        self.last = time.process_time() if totals is not None else 0.0
+
+    def lap(self, stage: str):
+        if self.totals is not None:
+            now = time.process_time()
+            self.totals[stage] = self.totals.get(stage, 0.0) + now - self.last
+            self.last = now
+
+
+def _batched_cross_entropy(state, Pt, X, y, first_dtype=torch.float32, stage_times=None):
     """Mean cross-entropy per particle (float32, shape (k,)) of all k particle networks on (X, y).
 
     The particles go through in chunks so that a chunk's activations stay in cache: the first layer
@@ -399,7 +415,10 @@ def _batched_cross_entropy(state, Pt, X, y, first_dtype=torch.float32):
     product was ~4x faster than fp32's, which is most of the fp32 iteration) and widens its output
     to fp32 before the activation: widening then an fp32 sigmoid took 1.15 ms per iteration here,
     a bf16 sigmoid then widening 1.6.
+
+    ``stage_times``: a dict that receives the process time of each stage (see ``_StageClock``).
     """
+    clock = _StageClock(stage_times)
     k, n, L = Pt.shape[0], X.shape[0], state.n_layers
     acts = [int(a) for a in state.acts]
     tanh = [a == 1 for a in acts]
@@ -415,20 +434,28 @@ def _batched_cross_entropy(state, Pt, X, y, first_dtype=torch.float32):
     narrow = torch.empty(n, chunk * h0, dtype=first_dtype) if first_dtype != torch.float32 else None
     index = y.view(1, 1, n)
     out = torch.empty(k)
+    clock.lap("weights and set-up")
     for s in range(0, k, chunk):
         e = min(k, s + chunk)
         H = buf[:, :(e - s) * h0]
         if narrow is None:
             torch.mm(X1, stacked[:, s * h0:e * h0], out=H)
+            clock.lap("first-layer product")
         else:
-            H.copy_(torch.mm(X1, stacked[:, s * h0:e * h0], out=narrow[:, :(e - s) * h0]))
+            torch.mm(X1, stacked[:, s * h0:e * h0], out=narrow[:, :(e - s) * h0])
+            clock.lap("first-layer product")
+            H.copy_(narrow[:, :(e - s) * h0])
+            clock.lap("widening to fp32")
         H = _activate_(H, acts[0], folded[0])
+        clock.lap("first-layer activation")
         H = H.view(n, e - s, h0).permute(1, 2, 0)                 # (particles, units, samples) view
         for l in range(1, L):
             W, b = layers[l]
             H = _activate_(torch.baddbmm(b[s:e, :, None], W[s:e], H), acts[l], folded[l])
+        clock.lap("later layers")
         # logits (particles, classes, samples). torch's log_softmax kernel: 0.6 of the time of the
         # max / exp / sum / log passes written out (its exp is the cheaper one of its softmax code)
         picked = torch.log_softmax(H, 1).gather(1, index.expand(e - s, 1, n))
         out[s:e] = picked.mean((1, 2)).neg_()
+        clock.lap("cross-entropy")
     return out

@@ -223,6 +223,25 @@ def test_bfloat16_fitness_scores_the_bf16_rounded_first_layer():
     assert np.abs(got - exact).max() < 2 ** -8 * exact.max()  # bf16's precision, no worse
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fitness_stage_clock_leaves_the_scores_alone_and_names_every_stage(dtype):
+    """The breakdown that benchmarks/bench_pso.py reports: the pass with its clock on gives the same
+    scores, and the stages it times account for each part of the pass (two layers: no later hidden
+    layer; bf16 adds the widening)."""
+    from learners.particle_swarm import _batched_cross_entropy
+    learner, state, X, y = _setup("global", (7,), "tanh", n=64, n_particles=8)
+    P, Xt, yt = torch.from_numpy(state.P * 3.0), torch.from_numpy(X).float(), torch.from_numpy(y)
+    totals = {}
+    with torch.inference_mode():
+        plain = _batched_cross_entropy(state, P, Xt, yt, dtype)
+        timed = _batched_cross_entropy(state, P, Xt, yt, dtype, totals)
+    torch.testing.assert_close(timed, plain, rtol=0, atol=0)
+    expected = {"weights and set-up", "first-layer product", "first-layer activation", "later layers",
+                "cross-entropy"} | ({"widening to fp32"} if dtype == torch.bfloat16 else set())
+    assert set(totals) == expected
+    assert all(t >= 0.0 for t in totals.values())
+
+
 def test_bfloat16_fitness_is_for_the_global_mode_only():
     data = load_dataset("blobs", seed=0, n_train=50, n_test=10)
     with pytest.raises(ConfigError, match="fitness_dtype.*mode=global"):
