@@ -33,9 +33,20 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 20, dtype=torch.float32) ->
     return 2 * n ** 3 / best / 1e9
 
 
+def cpu_model() -> str:
+    """The CPU's model name where the OS tells it (Linux), else the architecture: the shared machine
+    changes hardware between sessions, and timings only compare on the same model."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_description() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-           f"{torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

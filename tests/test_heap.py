@@ -38,9 +38,14 @@ def _faults_per_round(retain: bool) -> float:
 
 @glibc_only
 def test_retained_heap_reuses_freed_blocks_without_page_faults():
-    pages = 40 * 2 ** 20 // 4096
-    assert _faults_per_round(retain=False) > pages / 2       # glibc's own thresholds: a fresh mmap each round
-    assert _faults_per_round(retain=True) < pages / 100      # retained: the same pages again
+    # With glibc's own thresholds each round maps the tensor afresh, so it faults at least once per
+    # page the kernel hands out: 10240 small pages, but as few as 20 where the kernel backs anonymous
+    # memory with larger folios (transparent huge pages, multi-size THP), as a CI machine did (2627).
+    huge_pages = 40 * 2 ** 20 // (2 * 2 ** 20)
+    fresh = _faults_per_round(retain=False)
+    assert fresh >= huge_pages
+    retained = _faults_per_round(retain=True)           # the same pages again: next to no faults
+    assert retained < min(fresh / 20, 40 * 2 ** 20 // 4096 / 100)
 
 
 def test_retain_freed_memory_is_applied_once_and_reports_it(monkeypatch):
