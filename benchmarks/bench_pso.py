@@ -115,18 +115,21 @@ def stage_breakdown(X, y, k, iters, dtypes, peaks):
     rows = []
     for dtype in dtypes:
         learner, state = altlearn_state("global", k, X.shape[1], "tanh", reevaluate=False, fitness_dtype=dtype)
-        totals, t_update = {}, 0.0
-        # Each update is followed by a staged pass over the particles it left, so that the two
-        # clocks see the same load on a shared machine: their difference is the rest of the update.
-        for i in range(iters + 1):                     # the first round is a warm-up
+        first_dtype = getattr(torch, dtype)
+
+        def staged_round(totals):
+            """One update, then a staged pass over the particles it left: the two clocks see the same
+            load on a shared machine, and their difference is the rest of the update."""
             t0 = time.process_time()
             learner.update(state, (X, y))
-            t_update += (time.process_time() - t0) if i else 0.0
+            spent = time.process_time() - t0
             with torch.inference_mode():
-                _batched_cross_entropy(state, torch.from_numpy(state.P), X, y, getattr(torch, dtype), totals)
-            if not i:
-                totals.clear()
-        t_update /= iters
+                _batched_cross_entropy(state, torch.from_numpy(state.P), X, y, first_dtype, totals)
+            return spent
+
+        staged_round({})                                # warm-up
+        totals = {}
+        t_update = sum(staged_round(totals) for _ in range(iters)) / iters
         first_peak = peaks[dtype]
         bounds = {"first-layer product": 2.0 * k * len(X) * d * h / (first_peak * 1e9),
                   "later layers": 2.0 * k * len(X) * h * c / (peaks["float32"] * 1e9)}
