@@ -11,7 +11,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from analysis.stats import mean_and_interval  # noqa: E402
+from analysis.stats import mean_and_interval, metric_bounds  # noqa: E402
 
 _PALETTE = plt.get_cmap("tab20").colors
 
@@ -64,7 +64,7 @@ def final_accuracy(ds: xr.Dataset, ax, *, split="test", metric="accuracy"):
     interval, seeds as dots."""
     da = final_epoch(ds[metric].sel(split=split))
     for i, (name, sub) in enumerate(_per_learner(da)):
-        mean, lo, hi = mean_and_interval(sub, "seed")
+        mean, lo, hi = mean_and_interval(sub, "seed", bounds=metric_bounds(metric))
         ax.bar(i, float(mean), color=learner_color(name), alpha=0.8)
         ax.errorbar(i, float(mean), yerr=[[float(mean - lo)], [float(hi - mean)]], color="k", capsize=4)
         vals = np.atleast_1d(sub.values)
@@ -81,10 +81,16 @@ def final_accuracy(ds: xr.Dataset, ax, *, split="test", metric="accuracy"):
 
 
 def final_epoch(da: xr.DataArray) -> xr.DataArray:
-    """The last recorded epoch of each run (runs may stop early, leaving NaN at the end)."""
+    """The epoch each run reports: its best epoch where it kept one (early stopping, the
+    ``best_epoch`` coordinate), else its last recorded epoch (runs may stop early, leaving NaN at
+    the end)."""
     valid = da.notnull()
     index = xr.DataArray(np.arange(da.sizes["epoch"]), dims="epoch")   # broadcasts whatever the dim order
     last = (valid * index).max("epoch")  # index of the last finite epoch
+    if "best_epoch" in da.coords:
+        best = da.coords["best_epoch"] - 1
+        last = xr.where(best.notnull(), best, last)
+        da = da.drop_vars("best_epoch")
     return da.isel(epoch=last.astype(int)).where(valid.any("epoch"))
 
 
@@ -158,7 +164,7 @@ def accuracy_vs_cost(ds: xr.Dataset, ax, *, cost="wall_time", split="test", metr
     for (name, a), (_, c) in zip(_per_learner(acc), _per_learner(cost_da)):
         base = name.split(" (")[0]
         seen[base] = seen.get(base, -1) + 1       # variants of one learner: same colour, other marker
-        mean, lo, hi = mean_and_interval(a, "seed")
+        mean, lo, hi = mean_and_interval(a, "seed", bounds=metric_bounds(metric))
         cmean, clo, chi = mean_and_interval(c, "seed")
         x, y = float(cmean), float(mean)
         xs.append(x)
@@ -324,3 +330,22 @@ def save_single(draw, ds: xr.Dataset, path, *, title="", figsize=(7, 4.5), **kwa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def tuning_curves(learners: dict, ax):
+    """Best validation score so far against trial number, one line per learner (``learners``: the
+    ``learners`` mapping of a tuning folder's ``tuning.yaml``); dots are the trials themselves."""
+    for name, study in learners.items():
+        trials = sorted(study["trials"], key=lambda t: t["number"])
+        values = np.array([np.nan if t["value"] is None else t["value"] for t in trials], dtype=float)
+        best = np.fmax.accumulate(np.where(np.isnan(values), -np.inf, values))
+        best[np.isinf(best)] = np.nan
+        x = np.arange(1, len(values) + 1)
+        color = learner_color(name)
+        ax.plot(x, best, color=color, label=name, drawstyle="steps-post")
+        ax.scatter(x, values, color=color, s=8, alpha=0.4)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best validation score so far")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

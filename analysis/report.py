@@ -29,7 +29,7 @@ from analysis.collect import UNSET, collect  # noqa: E402
 from analysis.plots import (accuracy_vs_cost, alignment_figure, cka_bars,  # noqa: E402
                             comparison_figure, final_epoch, grid_figure, per_block_variables, peak_memory,
                             save_single)
-from analysis.stats import mean_and_interval  # noqa: E402
+from analysis.stats import mean_and_interval, metric_bounds  # noqa: E402
 
 # dims that are not run keys: everything else besides learner and seed is a swept variant
 _DATA_DIMS = ("learner", "seed", "epoch", "split", "block", "trained_task", "eval_task", "task", "layer")
@@ -107,9 +107,10 @@ def summary_rows(ds) -> list[dict]:
         def sel(da):
             return da.sel(learner=name) if "learner" in da.dims else da
         row = {"learner": name, "metric": metric}
-        mean, lo, hi = mean_and_interval(sel(acc), "seed")
+        mean, lo, hi = mean_and_interval(sel(acc), "seed", bounds=metric_bounds(metric))
         row["test_acc"] = float(mean)
         row["ci95"] = float(hi - mean)
+        row["ci_low"], row["ci_high"] = float(lo), float(hi)
         row["n_seeds"] = int(sel(acc).count())
         if rmse is not None:
             mean, lo, hi = mean_and_interval(sel(rmse), "seed")
@@ -152,6 +153,10 @@ def markdown_table(rows: list[dict]) -> str:
         if regression:
             cells = (interval(r["test_acc"], r["ci95"], digits=3) + " | " +
                      interval(r.get("test_rmse", np.nan), r.get("rmse_ci95", np.nan), digits=3))
+        elif np.isfinite(r.get("ci_low", np.nan)) and \
+                not np.isclose(r["ci_high"] - r["test_acc"], r["test_acc"] - r["ci_low"]):
+            # clipped at 0 or 100%: the interval as its two ends
+            cells = f"{100 * r['test_acc']:.2f} [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]"
         else:
             cells = interval(r.get("test_acc", np.nan), r.get("ci95", np.nan), scale=100)
         memory = f"{r['peak_mem_mb']:.0f}" if np.isfinite(r["peak_mem_mb"]) else "n/a"
@@ -181,16 +186,83 @@ def per_block_table(ds: xr.Dataset, var: str, *, header: str, final: bool = True
     return "\n".join(lines)
 
 
-def tuning_note(folder: Path) -> str:
-    """The tuning budget recorded by a tuning sweep (``tuning:`` in the runs' config), if any."""
+def default_title(raw: xr.Dataset, budgets: list[str]) -> str:
+    """``dataset, network, budget`` when the runs share them: what a figure shows, not where it lies."""
+    parts = []
+    for key in ("dataset", "network"):
+        if key in raw.coords and raw.coords[key].ndim == 0:
+            parts.append(str(raw.coords[key].item()))
+    if len(budgets) == 1:
+        parts.append(budgets[0])
+    return ", ".join(parts)
+
+
+def run_budgets(folder: Path) -> list[str]:
+    """The distinct budgets (``attrs["budget"]``) the runs under ``folder`` were trained with."""
     from experiments.recording import read_results
+    seen = []
+    for path in sorted(Path(folder).rglob("results.nc")):
+        budget = read_results(path).attrs.get("budget")
+        if budget and budget not in seen:
+            seen.append(budget)
+    return seen
+
+
+def find_tuning(folder: Path) -> Path | None:
+    """The ``tuning.yaml`` of an ``altlearn tune`` folder, when ``folder`` is it or its ``final/``."""
+    for place in (folder, folder.parent):
+        if (place / "tuning.yaml").is_file():
+            return place / "tuning.yaml"
+    return None
+
+
+def tuning_section(path: Path, out_dir: Path) -> str:
+    """Markdown: the tuning budget, each learner's chosen setting with its validation score, the cost
+    of tuning beside the final runs', and ``tuning.png`` (best so far against trial)."""
     import yaml
+
+    from analysis.plots import tuning_curves
+    summary = yaml.safe_load(path.read_text()) or {}
+    settings, learners = summary.get("settings", {}), summary.get("learners", {})
+    if not learners:
+        return ""
+    lines = ["## Tuning", "",
+             f"Every learner: {settings.get('budget')} trials ({settings.get('sampler')} sampler, seed "
+             f"{settings.get('seed')}) over its declared search space, chosen on the validation split "
+             f"({settings.get('objective')}); the test split is not evaluated while tuning. Final runs: "
+             f"seeds {settings.get('final_seeds')} at the chosen setting.", "",
+             "| learner | trials | best val | chosen setting | tuning: training s | final runs: training s |",
+             "|---|---|---|---|---|---|"]
+    for name, study in learners.items():
+        cost = sum(t.get("train_time") or 0.0 for t in study["trials"])
+        chosen = ", ".join(f"{k}={_short(v)}" for k, v in study["chosen"].items())
+        lines.append(f"| {name} | {study['n_trials']} | {100 * study['best_value']:.2f} | {chosen} | "
+                     f"{cost:.1f} | {study.get('final_train_time', float('nan')):.1f} |")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tuning_curves(learners, ax)
+    ax.set_title("Tuning: best validation accuracy so far")
+    fig.tight_layout()
+    fig.savefig(out_dir / "tuning.png", dpi=110)
+    plt.close(fig)
+    lines += ["", "![Best validation score so far against trial](tuning.png)"]
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def tuning_note(folder: Path) -> str:
+    """The chosen setting and budget recorded in tuned runs (``tuning.chosen`` in their config), if any."""
+    import yaml
+
+    from experiments.recording import read_results
     for path in sorted(folder.rglob("results.nc"))[:1]:
         config = yaml.safe_load(read_results(path).attrs.get("config", "") or "{}") or {}
-        tuning = config.get("tuning")
-        if tuning:
-            return ("Tuning budget (the same for every learner): " +
-                    ", ".join(f"{k}={v}" for k, v in tuning.items()) + ".")
+        tuning = config.get("tuning") or {}
+        if tuning.get("chosen"):
+            return (f"Tuned: {tuning.get('budget')} trials per learner ({tuning.get('sampler')} sampler, seed "
+                    f"{tuning.get('seed')}), the setting chosen on validation.")
     return ""
 
 
@@ -237,17 +309,24 @@ def write_report(folder, out_dir=None, *, title: str | None = None) -> str:
     ds = variants_as_learners(raw)
     rows = summary_rows(ds)
     table = markdown_table(rows)
-    title = title or folder.name
+    budgets = run_budgets(folder)
+    title = title or default_title(raw, budgets) or folder.name
     figures = write_figures(ds, out_dir, title)
     sections = [f"# {title}",
                 f"Generated by `python -m analysis {folder}` from {raw.attrs['n_runs']} result files. "
-                f"Test {'accuracy' if metric == 'accuracy' else 'R^2 and RMSE'} at the last recorded epoch, "
-                "mean over seeds with a Student-t 95% interval; "
+                f"Test {'accuracy' if metric == 'accuracy' else 'R^2 and RMSE'} at the last recorded epoch "
+                "(the best validation epoch where a run used early stopping), "
+                "mean over seeds with a Student-t 95% interval (clipped to [0, 100] for accuracy); "
                 "wall time is training only (no evaluation); peak memory is above the level at the start "
                 "of the fit; FLOPs per training sample per epoch (torch learners: counted on the first step "
                 "of each epoch; numpy learners: their own count).",
                 table]
-    if tuning_note(folder):
+    if budgets:
+        sections.append("Budget: " + "; ".join(budgets) + ".")
+    tuning = find_tuning(folder)
+    if tuning is not None:
+        sections.append(tuning_section(tuning, out_dir))
+    elif tuning_note(folder):
         sections.append(tuning_note(folder))
     for var, header, heading in (("block_align_cosine", "cosine", "Alignment with backprop (last epoch)"),
                                  ("block_align_sign", "sign agreement", None),
@@ -261,6 +340,10 @@ def write_report(folder, out_dir=None, *, title: str | None = None) -> str:
     if raw.attrs.get("incomplete_runs"):
         sections.append("Incomplete runs (kept in the table with the epochs they recorded):\n\n" +
                         "\n".join(f"- {line}" for line in raw.attrs["incomplete_runs"].splitlines()))
+    if raw.attrs.get("flagged_runs"):
+        sections.append("**Flagged runs** (finished, but at chance or with the training loss rising; kept in "
+                        "the table):\n\n" +
+                        "\n".join(f"- {line}" for line in raw.attrs["flagged_runs"].splitlines()))
     if raw.attrs.get("failed_runs"):
         sections.append("Run folders without results (failed):\n\n" +
                         "\n".join(f"- {line}" for line in raw.attrs["failed_runs"].splitlines()))

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from experiments.health import FINISHED
+
 from analysis.collect import find_runs
 from experiments.errors import AltlearnError, DataError
 from experiments.recording import read_results, write_text_atomic
@@ -43,7 +45,7 @@ def selection_table(folder: str | Path, keys: list[str], metric: str | None = No
     scores: dict[tuple, dict[str, list[float]]] = {}
     for path in paths:
         ds = read_results(path)
-        if ds.attrs.get("status") != "complete":
+        if ds.attrs.get("status") not in FINISHED:   # a run at chance is a poor setting, not a missing one
             continue
         name = metric or ("accuracy" if "accuracy" in ds else "r2")
         if name not in ds:

@@ -4,16 +4,20 @@
 ``altlearn learner=backprop data=mnist network=mlp_2x1000 loop.n_epochs=10 seed=1``
 ``altlearn -m experiment=mnist_backprop``   a committed experiment (a sweep over seeds)
 ``altlearn demo NAME``           a classroom demo (see experiments/demos)
+``altlearn tune [overrides]``    tune every learner with the same budget, then its final seeds (experiments/tune.py)
 """
 from __future__ import annotations
 
 import multiprocessing
 import sys
+import traceback
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import AltlearnError, ConfigError
+from experiments.run_status import failure_status, sweep_failures, write_status
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -28,6 +32,15 @@ def learner_config(name: str, cfg: DictConfig | None = None) -> dict:
     params = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if cfg is not None and cfg.get("learner_overrides") and name in cfg.learner_overrides:
         params = OmegaConf.to_container(OmegaConf.merge(params, cfg.learner_overrides[name]), resolve=True)
+    return params
+
+
+def selected_learner_params(cfg: DictConfig) -> dict:
+    """The ``learner`` group's hyperparameters, with ``learner_overrides[name]`` on top."""
+    params = OmegaConf.to_container(cfg.learner, resolve=True)
+    if cfg.get("learner_overrides") and cfg.learner.name in cfg.learner_overrides:
+        params = OmegaConf.to_container(OmegaConf.merge(params, cfg.learner_overrides[cfg.learner.name]),
+                                        resolve=True)
     return params
 
 
@@ -172,45 +185,140 @@ def _parse_scalar(text: str):
     return text
 
 
+def _job_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+    return list(HydraConfig.get().overrides.task)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _describe(err: BaseException) -> str:
+    return str(err) if isinstance(err, AltlearnError) else f"{type(err).__name__}: {err}"
+
+
+def _record_failure(err: BaseException, out_dir: Path, learner: str, overrides: list[str]) -> str:
+    """Write the failure into the run's folder and say it on stderr (with the traceback where it is
+    not one of altlearn's own errors, which name their fix). Returns the status."""
+    status = failure_status(err)
+    write_status(out_dir, status, learner=learner, overrides=overrides, error=_describe(err))
+    if not isinstance(err, AltlearnError):
+        traceback.print_exception(err, file=sys.stderr)
+    print(f"altlearn: {status}: learner {learner!r} [{' '.join(overrides)}]: {_describe(err)}",
+          file=sys.stderr, flush=True)
+    return status
+
+
+def objective(results) -> float | None:
+    """What tuning maximises: validation accuracy (R^2 for regression) at the epoch the run reports
+    (its best epoch under early stopping, else its last)."""
+    metric = "accuracy" if "accuracy" in results else "r2" if "r2" in results else None
+    if metric is None or "val" not in results["split"].values:
+        return None
+    values = results[metric].sel(split="val").values
+    best = results.attrs.get("best_epoch")
+    value = float(values[int(best) - 1] if best else values[-1])
+    return value if value == value else None
+
+
 def task(cfg: DictConfig) -> float | None:
-    """Run what ``cfg`` says; return the last validation accuracy (R^2 for regression) of a single run,
-    the objective hydra's tuning sweepers maximise."""
+    """Run what ``cfg`` says; return the objective (`objective`) of a single run.
+
+    In a multirun a job that is refused, raises or diverges is recorded in its folder
+    (`experiments.run_status`) and the sweep goes on; `SweepEnd` reports it and the exit code says so.
+    """
     from hydra.core.hydra_config import HydraConfig
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.learner.name == "all":
-        from learners import available_learners
-        from learners.base import get_learner_class
-        data = load_data(cfg)
-        names = [n for n in available_learners() if data.task in get_learner_class(n).tags.tasks]
-        failures = []
-        for i, name in enumerate(names):
-            print(f"== [{i + 1}/{len(names)}] {name}", file=sys.stderr, flush=True)
-            try:
-                run_one(cfg, learner_config(name, cfg), out_dir / name, swept_coords(cfg), data=data)
-            except AltlearnError as err:  # one failing rule must not cost the others' results
-                print(f"altlearn: error in learner {name!r}: {err}", file=sys.stderr, flush=True)
-                failures.append(name)
-        if cfg.report:
-            from analysis.report import write_report
-            print(write_report(out_dir, out_dir), flush=True)
-            print(f"figure and table: {out_dir / 'comparison.png'}, {out_dir / 'summary.md'}", flush=True)
-        if failures:
-            raise AltlearnError(f"{len(failures)} learner(s) failed: {', '.join(failures)} (see above)")
-        return
-    params = OmegaConf.to_container(cfg.learner, resolve=True)
-    if cfg.get("learner_overrides") and cfg.learner.name in cfg.learner_overrides:
-        params = OmegaConf.to_container(OmegaConf.merge(params, cfg.learner_overrides[cfg.learner.name]),
-                                        resolve=True)
-    result = run_one(cfg, params, out_dir, swept_coords(cfg))
+        return _run_all(cfg, out_dir)
+    overrides = _job_overrides()
+    params = selected_learner_params(cfg)
+    try:
+        result = run_one(cfg, params, out_dir, swept_coords(cfg))
+    except Exception as err:  # noqa: BLE001 - a sweep records every failure and goes on
+        if not _in_multirun():
+            write_status(out_dir, failure_status(err), learner=cfg.learner.name, overrides=overrides,
+                         error=_describe(err))
+            raise
+        _record_failure(err, out_dir, cfg.learner.name, overrides)
+        return None
     res = result.results
+    value = objective(res)
+    write_status(out_dir, res.attrs.get("status", "complete"), learner=cfg.learner.name, overrides=overrides,
+                 objective=value, error=res.attrs.get("status_reason"))
     metric = "accuracy" if "accuracy" in res else "r2" if "r2" in res else None
     if metric is None:
         print(f"{cfg.learner.name}: done ({out_dir / 'results.nc'})", flush=True)
         return None
-    test = float(res[metric].sel(split="test").values[-1])
-    print(f"{cfg.learner.name}: test {metric} {test:.4f} ({out_dir / 'results.nc'})", flush=True)
-    val = float(res[metric].sel(split="val").values[-1])
-    return val if val == val else test  # NaN when there is no validation split
+    test = float(res[metric].sel(split="test").values[-1]) if "test" in res["split"].values else float("nan")
+    flag = f" [{res.attrs['status']}]" if res.attrs.get("status") != "complete" else ""
+    print(f"{cfg.learner.name}: test {metric} {test:.4f}{flag} ({out_dir / 'results.nc'})", flush=True)
+    return value if value is not None else test
+
+
+def _run_all(cfg: DictConfig, out_dir: Path) -> None:
+    """Every registered learner that does the data's task, one after another into ``out_dir/<name>``."""
+    from learners import available_learners
+    from learners.base import get_learner_class
+    data = load_data(cfg)
+    names = [n for n in available_learners() if data.task in get_learner_class(n).tags.tasks]
+    overrides = _job_overrides()
+    failures = []
+    for i, name in enumerate(names):
+        print(f"== [{i + 1}/{len(names)}] {name}", file=sys.stderr, flush=True)
+        try:
+            run_one(cfg, learner_config(name, cfg), out_dir / name, swept_coords(cfg), data=data)
+        except Exception as err:  # noqa: BLE001 - one failing rule must not cost the others' results
+            _record_failure(err, out_dir / name, name, overrides)
+            failures.append(name)
+    if cfg.report:
+        from analysis.report import write_report
+        print(write_report(out_dir, out_dir, title=_report_title(cfg)), flush=True)
+        print(f"figure and table: {out_dir / 'comparison.png'}, {out_dir / 'summary.md'}", flush=True)
+    if failures and not _in_multirun():   # in a sweep, SweepEnd lists them from their status.yaml
+        raise AltlearnError(f"{len(failures)} learner(s) failed: {', '.join(failures)} (see above)")
+
+
+def _report_title(cfg) -> str:
+    """``dataset, network, budget``: what a figure shows, rather than the folder's timestamp."""
+    from experiments.fit import LoopConfig, budget_description
+    network = cfg.network.get("preset") or "x".join(str(w) for w in cfg.network.get("widths") or []) or "network"
+    try:
+        budget = budget_description(LoopConfig(**OmegaConf.to_container(cfg.loop, resolve=True)))
+    except (TypeError, AltlearnError):
+        budget = f"{cfg.loop.n_epochs} epochs"
+    return f"{cfg.data.name}, {network}, {budget}"
+
+
+_SWEEP_FAILURES: list[dict] = []
+
+
+class SweepEnd(Callback):
+    """A hydra callback: after the last job of a multirun (whatever the launcher), the report of the
+    sweep folder (``report: true``) and the list of failed jobs by their overrides."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        _SWEEP_FAILURES.clear()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        failures = sweep_failures(sweep_dir)
+        _SWEEP_FAILURES.extend(failures)
+        if config.get("report") and any(sweep_dir.rglob("results.nc")):
+            from analysis.report import write_report
+            try:
+                print(write_report(sweep_dir, sweep_dir, title=_report_title(config)), flush=True)
+                print(f"report: {sweep_dir / 'summary.md'}", flush=True)
+            except AltlearnError as err:
+                print(f"altlearn: no report for {sweep_dir}: {err}", file=sys.stderr, flush=True)
+        for f in failures:
+            print(f"altlearn: {f['status']}: [{' '.join(f.get('overrides') or [])}] {f.get('error', '')} "
+                  f"({f['folder']})", file=sys.stderr, flush=True)
 
 
 def _hydra_main():
@@ -224,13 +332,21 @@ def _hydra_main():
             print(f"altlearn: error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)
 
+    _SWEEP_FAILURES.clear()
     entry()
+    if _SWEEP_FAILURES:
+        print(f"altlearn: {len(_SWEEP_FAILURES)} job(s) of the sweep failed (listed above; each folder holds "
+              "its status.yaml)", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "demo":
         from experiments.demos import main as demo_main
         sys.exit(demo_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "tune":
+        from experiments.tune import main as tune_main
+        sys.exit(tune_main(sys.argv[2:]))
     _hydra_main()
 
 

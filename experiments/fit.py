@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from experiments.augment import Augment
 from experiments.callbacks import Callback, ProgressBar
 from experiments.datasets import Dataset
 from experiments.errors import ConfigError, TrainingDiverged
+from experiments.health import RunHealthWarning, health_check
 from experiments.heap import retain_freed_memory
 from experiments.memory import PeakMemory
 from experiments.recording import provenance, results_dataset, write_results
@@ -56,6 +58,12 @@ class LoopConfig:
     # training-batch augmentation of images (experiments/augment.py), e.g. {crop_padding: 4, hflip: true,
     # erase_prob: 0.2}
     augment: Augment | None = None
+    # budgets: training stops (mid-epoch if need be, then evaluates) once its training time or its
+    # training FLOPs pass these; n_epochs stays the upper bound and sets the learners' schedules
+    time_budget_s: float | None = None
+    flops_budget: float | None = None
+    # false while tuning: the test split is never evaluated, so no choice can lean on it
+    eval_test: bool = True
 
     def __post_init__(self):
         if isinstance(self.early_stopping, dict):
@@ -68,6 +76,10 @@ class LoopConfig:
                                   "keys: crop_padding, hflip, erase_prob") from err
         if self.augment is not None and not self.augment.active:
             object.__setattr__(self, "augment", None)
+        for key in ("time_budget_s", "flops_budget"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"loop.{key}={value!r}: give a positive number, or null for no budget")
         if self.n_epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"loop.n_epochs and loop.batch_size must be >= 1, got {self.n_epochs}, "
                               f"{self.batch_size}")
@@ -88,6 +100,9 @@ class Run:
     step: int = 0
     records: list[dict] = field(default_factory=list)
     status: str = "running"
+    train_time: float = 0.0     # training seconds so far (updates only), for loop.time_budget_s
+    train_flops: float = 0.0    # training FLOPs so far, for loop.flops_budget
+    stopped_by: str | None = None   # the budget that ended training early, if any
     augment_rng: np.random.Generator | None = None   # loop.augment's draws
     pad_value: float | tuple = 0.0                   # what a raw 0 pixel is after normalisation (per channel)
 
@@ -202,13 +217,14 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
     info = DataInfo(input_shape=spec.input_shape, n_classes=spec.n_classes, n_train=n_train, task=data.task,
                     batch_size=batch_size, steps_per_epoch=steps, n_epochs=loop.n_epochs, device=device)
     x_train, y_train = to_tensor(data.x_train, device), to_tensor(data.y_train, device)
-    evals = {"train": (x_train, y_train), "val": (to_tensor(data.x_val, device), to_tensor(data.y_val, device)),
-             "test": (to_tensor(data.x_test, device), to_tensor(data.y_test, device))}
+    evals = {"train": (x_train, y_train), "val": (to_tensor(data.x_val, device), to_tensor(data.y_val, device))}
+    if loop.eval_test:
+        evals["test"] = (to_tensor(data.x_test, device), to_tensor(data.y_test, device))
     if loop.eval_train_max and n_train > loop.eval_train_max:
         pick = torch.from_numpy(np.random.default_rng([seed, 2]).choice(n_train, loop.eval_train_max,
                                                                          replace=False))
         evals["train"] = (x_train[pick], y_train[pick])
-    block_split = "val" if len(data.x_val) else "test"
+    block_split = "val" if len(data.x_val) or not loop.eval_test else "test"
 
     memory = PeakMemory(device=device)
     network_module = build(spec, seed)
@@ -231,6 +247,8 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
              **(attrs or {})}
     out_path = Path(out_dir) / "results.nc" if out_dir is not None else None
 
+    attrs["budget"] = budget_description(loop)
+
     def save():
         ds = results_dataset(run.records, coords=coords, attrs={**attrs, "status": run.status})
         if out_path is not None:
@@ -238,7 +256,7 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
         return ds
 
     best, since_best = None, 0
-    with guarded(run, memory, callbacks, attrs, save):
+    with guarded(run, memory, callbacks, attrs, save, chance=chance_level(data), trend=True):
         for epoch in range(loop.n_epochs):
             run.epoch = epoch
             record = _train_epoch(run, x_train, y_train, batch_size, order_rng, callbacks)
@@ -251,7 +269,6 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
             run.records.append(record)
             for cb in callbacks:
                 cb.on_epoch_end(run, record)
-            save()
             es = loop.early_stopping
             if es is not None:
                 value = record.get(es.metric, {}).get(es.split)
@@ -261,20 +278,54 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
                 better = best is None or (value > best + es.min_delta if es.mode == "max"
                                           else value < best - es.min_delta)
                 best, since_best = (value, 0) if better else (best, since_best + 1)
+                if better:
+                    # the evaluation a report shows for this run: the best epoch's, not the last's
+                    attrs["best_epoch"] = epoch + 1
                 if since_best >= es.patience:
                     attrs["stopped_early_at_epoch"] = epoch + 1
-                    break
+            if run.stopped_by:
+                attrs["stopped_by"] = run.stopped_by
+                attrs["stopped_at_epoch"] = epoch + 1
+            save()
+            if run.stopped_by or "stopped_early_at_epoch" in attrs:
+                break
     return FitResult(state=run.state, results=save(), run=run)
 
 
+def budget_description(loop: LoopConfig) -> str:
+    """The budget that bounds a run, in words, for its results and every report that shows it."""
+    parts = [f"{loop.n_epochs} epochs of batch {loop.batch_size}"]
+    if loop.time_budget_s:
+        parts.append(f"{loop.time_budget_s:g} s of training")
+    if loop.flops_budget:
+        parts.append(f"{loop.flops_budget:.3g} training FLOPs")
+    if loop.early_stopping is not None:
+        es = loop.early_stopping
+        parts.append(f"early stopping on {es.split} {es.metric} (patience {es.patience}, best epoch kept)")
+    return ", ".join(parts[:1]) + (" at most; " + ", ".join(parts[1:]) if len(parts) > 1 else "")
+
+
+def chance_level(data: Dataset) -> float | None:
+    """The accuracy of always answering the most frequent class of the split a run is judged on."""
+    if data.task != "classification":
+        return None
+    y = data.y_val if len(data.y_val) else data.y_test
+    if len(y) == 0:
+        return None
+    return float(np.bincount(np.asarray(y, dtype=np.int64)).max() / len(y))
+
+
 @contextlib.contextmanager
-def guarded(run: Run, memory: PeakMemory, callbacks, attrs: dict, save):
+def guarded(run: Run, memory: PeakMemory, callbacks, attrs: dict, save, chance: float | None = None,
+            trend: bool = False):
     """The frame of every training run (fit and continual streams alike).
 
     Starts memory sampling and the callbacks; on divergence marks the run and
     saves what was recorded before re-raising; always stops the sampler (into
     ``attrs["peak_memory_total"]``) and closes the callbacks; marks the run
-    complete when the body finishes.
+    complete when the body finishes, or flags it (`experiments.health`) when it
+    ended at ``chance`` or (``trend``: one task, where the loss should fall) with its
+    training loss rising.
     """
     memory.start()
     for cb in callbacks:
@@ -290,7 +341,11 @@ def guarded(run: Run, memory: PeakMemory, callbacks, attrs: dict, save):
         attrs["peak_memory_measure"] = memory.measure
         for cb in callbacks:
             cb.on_fit_end(run)
-    run.status = "complete"
+    status, reason = health_check(run.records, chance=chance, best_epoch=attrs.get("best_epoch"), trend=trend)
+    run.status = status
+    if reason:
+        attrs["status_reason"] = reason
+        warnings.warn(f"learner {run.learner.name!r}: {reason}", RunHealthWarning, stacklevel=3)
 
 
 def _train_epoch(run: Run, x_train, y_train, batch_size, order_rng, callbacks) -> dict:
@@ -313,8 +368,12 @@ def _train_epoch(run: Run, x_train, y_train, batch_size, order_rng, callbacks) -
             step_flops = counter.get_total_flops() / len(idx)
         else:
             run.state, metrics = learner.update(run.state, batch)
-        wall += time.perf_counter() - t0
-        flops += step_flops * len(idx) if count_flops else metrics.pop("flops", 0.0)
+        step_time = time.perf_counter() - t0
+        wall += step_time
+        batch_flops = step_flops * len(idx) if count_flops else metrics.pop("flops", 0.0)
+        flops += batch_flops
+        run.train_time += step_time
+        run.train_flops += batch_flops
         metrics.pop("flops", None)
         run.step += 1
         n_steps += 1
@@ -324,7 +383,13 @@ def _train_epoch(run: Run, x_train, y_train, batch_size, order_rng, callbacks) -
             counts[key] = counts.get(key, 0) + 1
         for cb in callbacks:
             cb.on_batch_end(run, metrics)
-    record: dict = {"epoch": run.epoch + 1, "wall_time": wall, "flops": flops}
+        if loop.time_budget_s and run.train_time >= loop.time_budget_s:
+            run.stopped_by = "time_budget"
+        elif loop.flops_budget and run.train_flops >= loop.flops_budget:
+            run.stopped_by = "flops_budget"
+        if run.stopped_by:
+            break
+    record: dict = {"epoch": run.epoch + 1, "wall_time": wall, "flops": flops, "steps": n_steps}
     for key, total in sums.items():
         mean = total / counts[key]
         name, _, block = key.partition("/")

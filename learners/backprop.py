@@ -10,6 +10,7 @@ from experiments.errors import ConfigError
 from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler
 from learners._schedule_free import ScheduleFreeEval
 from learners.base import Learner, Tags, TorchState, evaluating, register
+from learners.search import Choice, LogUniform
 
 
 def task_loss(scores: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -32,6 +33,8 @@ class Backprop(Learner):
     tags = Tags(locality="global", crosses_blocks=True, backend="torch",
                 tasks=("classification", "regression"))
     contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.schedule": Choice(("constant", "cosine"))}
 
     def init(self, network, data_info, seed):
         network = network.to(data_info.device)

@@ -68,6 +68,9 @@ class Learner:
     # a few seconds (sklearn's `_get_check_params` idea); empty means defaults.
     contract_params: ClassVar[dict] = {}
     contract_epochs: ClassVar[int] = 30
+    # The few hyperparameters worth tuning, by dotted path, with their ranges (learners.search);
+    # experiments.tune gives every learner the same trial budget over its own space.
+    search_space: ClassVar[dict] = {}
 
     def init(self, network, data_info: DataInfo, seed: int):
         raise NotImplementedError

@@ -25,6 +25,7 @@ from experiments.errors import ConfigError
 from learners._optim import SCHEDULE_FREE, OptimizerConfig, make_optimizer, make_scheduler
 from learners.backprop import task_loss
 from learners.base import Learner, Tags, TorchState, evaluating, register
+from learners.search import Choice, LogUniform
 
 FISHERS = ("empirical", "true")
 
@@ -42,6 +43,8 @@ class EWC(Learner):
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch")
     contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.schedule": Choice(("constant", "cosine"))}
 
     def init(self, network, data_info, seed):
         if self.fisher not in FISHERS:

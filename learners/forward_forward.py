@@ -31,6 +31,7 @@ from experiments.errors import ConfigError
 from learners._ff_local import NORMALIZERS, SCHEDULES, block_optimizers, check_choice, make_block_schedule
 from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
 from learners.base import Learner, Tags, TorchState, register
+from learners.search import LogUniform, Uniform
 
 GOODNESS = ("sum_sq", "mean_sq")
 NEGATIVES = ("uniform", "hard", "permutation_unsafe")
@@ -108,6 +109,9 @@ class ForwardForward(Learner):
                        "optimizer": {"name": "adam", "lr": 0.01},
                        "readout_optimizer": {"name": "adam", "lr": 0.01}}
     contract_epochs = 30
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"optimizer.lr": LogUniform(1e-4, 3e-2), "readout_optimizer.lr": LogUniform(1e-4, 3e-2),
+                    "peer_norm_lambda": Uniform(0.0, 0.1)}
 
     # ------------------------------------------------------------------ setup
 

@@ -36,6 +36,7 @@ from learners._kernels.boosting import (ACTIVATIONS, SCIPY_FTOL, activate_numpy,
                                         fit_step_adam_numpy, fit_step_lbfgs, fit_step_lbfgs_numpy)
 from learners.base import Learner, Tags, register
 from networks import build, from_numpy, to_numpy
+from learners.search import Choice, LogUniform, Uniform
 
 FEATURES = ("none", "frozen")
 STEP_INITS = ("glorot", "network")
@@ -208,6 +209,9 @@ class GradientBoosting(Learner):
     contract_params: ClassVar[dict] = {"n_units": 40, "units_per_step": 4, "step_iterations": 100,
                                        "step_lr": 0.05, "subsample": 1.0}
     contract_epochs: ClassVar[int] = 5
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space: ClassVar[dict] = {"shrinkage": Uniform(0.1, 1.0), "step_l2": LogUniform(1e-3, 10.0),
+                                       "units_per_step": Choice((1, 2, 4, 8))}
 
     # -------------------------------------------------------------- init
 

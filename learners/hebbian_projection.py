@@ -47,6 +47,7 @@ from torch import nn
 
 from experiments.errors import ConfigError
 from learners.base import Learner, Tags, make_learner, register
+from learners.search import LogUniform
 
 PROJECTIONS = ("input", "gradient")
 ORTHONORMALIZE = ("none", "qr", "exact_projector")
@@ -160,6 +161,8 @@ class HebbianProjection(Learner):
                                                   # sizes, benchmarks/results/hebbian.md)
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch", supports_conv=False)
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"base_params.optimizer.lr": LogUniform(1e-3, 1e-1)}
 
     # ------------------------------------------------------------ set-up
     def _check(self):

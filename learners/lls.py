@@ -27,6 +27,7 @@ from learners._lls_basis import WAVEFORMS, periodic_basis
 from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler
 from learners._schedule_free import ScheduleFreeEval
 from learners.base import LayerwiseLearner, Tags, TorchState, evaluating, register
+from learners.search import LogUniform
 
 VARIANTS = ("lls", "lls_m", "lls_mxm", "lls_mxm_reduced", "random_basis", "local_classifier")
 SCHEDULES = ("simultaneous", "greedy")
@@ -104,6 +105,8 @@ class LLS(LayerwiseLearner):
 
     tags = Tags(locality="blockwise", crosses_blocks=False, backend="torch")
     contract_epochs = 10   # blobs and xor reach >= 0.99 test accuracy by epoch 4
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"optimizer.lr": LogUniform(5e-4, 2e-2), "temperature": LogUniform(0.1, 2.0)}
 
     # ------------------------------------------------------------------ setup
 

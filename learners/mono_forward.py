@@ -24,6 +24,7 @@ from experiments.errors import ConfigError
 from learners._ff_local import SCHEDULES, block_optimizers, check_choice, make_block_schedule
 from learners._optim import OptimizerConfig
 from learners.base import LayerwiseLearner, Tags, TorchState, evaluating, register
+from learners.search import Choice, LogUniform
 
 
 @register("mono_forward")
@@ -43,6 +44,8 @@ class MonoForward(LayerwiseLearner):
     tags = Tags(locality="blockwise", crosses_blocks=False, backend="torch", supports_conv=True)
     contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
     contract_epochs = 30
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.schedule": Choice(("constant", "cosine"))}
 
     # ------------------------------------------------------------------ setup
 

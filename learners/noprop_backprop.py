@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from learners._noprop_base import NoPropBase, check_positive, softmax_mix
 from learners._optim import OptimizerConfig
 from learners.base import Tags, register
+from learners.search import LogUniform
 
 
 @register("noprop_backprop")
@@ -36,6 +37,8 @@ class NoPropBackprop(NoPropBase):
     tags = Tags(locality="global", crosses_blocks=True, backend="torch")
     contract_params = {"n_blocks": 3, "optimizer": {"name": "adamw", "lr": 0.005, "weight_decay": 1e-3}}
     contract_epochs = 12
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.weight_decay": LogUniform(1e-5, 1e-2)}
 
     def init(self, network, data_info, seed):
         check_positive("n_blocks", self.n_blocks)

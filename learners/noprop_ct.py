@@ -21,6 +21,7 @@ from learners._noprop_base import NoPropBase, check_choice, check_positive, soft
 from learners._noprop_schedules import (LearnedSchedule, kl_to_standard_normal, posterior_coefficients,
                                         sample_marginal, times_uniform_in_snr)
 from learners.base import Tags, register
+from learners.search import LogUniform
 
 INTEGRATORS = ("ancestral", "ddim")
 TIME_SAMPLING = ("uniform", "snr")
@@ -61,6 +62,9 @@ class NoPropCT(NoPropBase):
     contract_params = {"optimizer": {"name": "adam", "lr": 0.005, "weight_decay": 1e-3, "schedule": "cosine"},
                        "inference_steps": 50}
     contract_epochs = 20
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.weight_decay": LogUniform(1e-5, 1e-2),
+                    "eta": LogUniform(0.1, 10.0)}
 
     def init(self, network, data_info, seed):
         check_choice("integrator", self.integrator, INTEGRATORS)

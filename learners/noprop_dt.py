@@ -20,6 +20,7 @@ from learners._noprop_schedules import (cosine_alpha_bar, kl_to_standard_normal,
                                         sample_marginal, snr)
 from learners._optim import OptimizerConfig
 from learners.base import Tags, evaluating, register
+from learners.search import LogUniform
 
 
 BLOCK_SCHEDULES = ("all", "random")
@@ -45,6 +46,9 @@ class NoPropDT(NoPropBase):
     tags = Tags(locality="blockwise", crosses_blocks=False, backend="torch")
     contract_params = {"n_blocks": 3, "optimizer": {"name": "adamw", "lr": 0.005, "weight_decay": 1e-3}}
     contract_epochs = 12
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.weight_decay": LogUniform(1e-5, 1e-2),
+                    "eta": LogUniform(0.01, 1.0)}
 
     def init(self, network, data_info, seed):
         check_positive("n_blocks", self.n_blocks)

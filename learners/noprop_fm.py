@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from experiments.errors import ConfigError
 from learners._noprop_base import NoPropBase, check_choice, check_positive
 from learners.base import Tags, register
+from learners.search import LogUniform
 
 INTEGRATORS = ("euler", "heun")
 
@@ -39,6 +40,8 @@ class NoPropFM(NoPropBase):
     tags = Tags(locality="global", crosses_blocks=True, backend="torch")
     contract_params = {"optimizer": {"name": "adam", "lr": 0.005, "weight_decay": 1e-3}, "inference_steps": 50}
     contract_epochs = 12
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.weight_decay": LogUniform(1e-5, 1e-2)}
 
     def init(self, network, data_info, seed):
         check_choice("integrator", self.integrator, INTEGRATORS)

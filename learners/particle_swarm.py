@@ -33,6 +33,7 @@ from experiments.errors import ConfigError
 from learners._kernels import swarm as K
 from learners.base import Learner, Tags, register
 from networks import build, from_numpy, to_numpy
+from learners.search import LogUniform, Uniform
 
 MODES = ("neuron", "global")
 _TORCH_ACTIVATIONS = {0: torch.sigmoid, 1: torch.tanh, 2: torch.relu, 3: lambda h: h,
@@ -117,6 +118,9 @@ class ParticleSwarm(Learner):
                 supports_conv=False)
     contract_params: ClassVar[dict] = {"n_particles": 6, "velocity_clamp": 0.1}
     contract_epochs: ClassVar[int] = 5
+    # tuned by experiments.tune, the same trial budget for every learner
+    search_space: ClassVar[dict] = {"inertia": Uniform(0.4, 0.9), "velocity_clamp": LogUniform(0.01, 0.5),
+                                       "init_scale": LogUniform(0.1, 2.0)}
 
     # -------------------------------------------------------------- init
 

@@ -1,0 +1,1 @@
+"""altlearn's own hydra launchers (experiments/launchers/), registered where hydra looks for them."""
