@@ -177,6 +177,10 @@ def tune_learner(name: str, cfg: DictConfig, base: list[str], out: Path, data, t
         # left running by a killed process: it will never report; closed without a status, so that
         # it does not count against the budget
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        folder = out / "trials" / name / str(trial.number)
+        if folder.is_dir():
+            write_status(folder, "interrupted", learner=name, error="the tuning process was stopped during this "
+                         "trial; it does not count against the budget")
 
     def counted():   # trials that ran to an answer: a value, or a failure of their own
         return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
