@@ -16,6 +16,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+import experiments.configs  # noqa: F401 - registers the config groups' typed schemas
 from experiments.errors import AltlearnError, ConfigError
 from experiments.run_status import failure_status, sweep_failures, write_status
 

@@ -128,7 +128,8 @@ def as_spec(network) -> NetworkSpec:
     if isinstance(network, str):
         return get_preset(network)
     if isinstance(network, dict):
-        network = dict(network)
+        # a null field is one the config left unset (the network schema lists every field)
+        network = {k: v for k, v in network.items() if v is not None}
         preset = network.pop("preset", None)
         return get_preset(preset, **network) if preset else NetworkSpec(**network)
     raise ConfigError(f"network must be a NetworkSpec, a preset name or a dict, got {type(network).__name__}")

@@ -77,6 +77,11 @@ def test_multirun_sweeps_seeds_and_collects(tmp_path):
     (["learner=backprop", "data=blobs", "+data.options.sigma=1"], "no option(s) sigma"),
     (["learner=backprop", "data=blobs", "data.options.n_train=400", "learner.optimizer.name=sgd",
       "learner.optimizer.lr=1e7", "+data.options.noise=5.0"], "diverged"),
+    # the typed schemas (experiments/schemas.py) name the key, the value and the type
+    (["learner=backprop", "loop.batch_size=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+    (["learner=backprop", "loop.batch_size=abc"], "full_key: loop.batch_size"),
+    (["learner=backprop", "network.widths=[ten]"], "full_key: network.widths"),
+    (["learner=backprop", "data=blobs", "data.val_size=1.0"], "data.val_size=1.0 is ambiguous"),
 ])
 def test_bad_input_gives_clear_error_and_nonzero_exit(tmp_path, args, message):
     out = altlearn(*args, "loop.progress=false", "loop.n_epochs=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)

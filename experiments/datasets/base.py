@@ -43,6 +43,12 @@ def carve_validation(x, y, val_size, seed, stratify=True):
     every class in both parts.
     """
     n = len(x)
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.number)):
+        raise ConfigError(f"data.val_size={val_size!r}: give a count of samples (an integer) or a fraction "
+                          "of the training split (a number between 0 and 1)")
+    if isinstance(val_size, (float, np.floating)) and val_size >= 1:
+        raise ConfigError(f"data.val_size={val_size} is ambiguous: give a count as a whole number "
+                          f"(data.val_size={int(val_size)}) or a fraction below 1 (e.g. data.val_size=0.1)")
     n_val = int(round(val_size * n)) if 0 < val_size < 1 else int(val_size)
     if n_val < 0 or n_val >= n:
         raise ConfigError(f"data.val_size={val_size} leaves no training data ({n} samples)")
