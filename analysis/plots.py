@@ -1,7 +1,6 @@
 """Figures from collected results. Each function takes data and an ``ax`` and returns the ax."""
 from __future__ import annotations
 
-import zlib
 
 import matplotlib
 
@@ -16,15 +15,28 @@ from analysis.stats import mean_and_interval, metric_bounds  # noqa: E402
 _PALETTE = plt.get_cmap("tab20").colors
 
 
+_COLORS: dict[str, tuple] = {}
+
+
 def learner_color(name: str) -> tuple:
-    """A fixed colour per learner name, the same in every figure."""
-    from learners import available_learners
-    names = available_learners()
-    if name not in names and " (" in name:      # a variant "learner (key=value)" keeps its learner's colour
+    """A fixed colour per learner name, the same in every figure a process draws: learners take
+    the palette's colours in the order they are first drawn (`set_learner_order` fixes that order
+    for a report). A variant ``"learner (key=value)"`` keeps its learner's colour."""
+    if name not in _COLORS and " (" in name:
         name = name.split(" (")[0]
-    # crc32, not hash(): the same colour in every process
-    i = names.index(name) if name in names else zlib.crc32(name.encode()) % len(_PALETTE)
-    return _PALETTE[(2 * i) % len(_PALETTE)] if i < len(_PALETTE) // 2 else _PALETTE[(2 * i + 1) % len(_PALETTE)]
+    if name not in _COLORS:
+        i = len(_COLORS)
+        # dark shades first, then the light ones: neighbours in the order differ most
+        _COLORS[name] = _PALETTE[(2 * i) % len(_PALETTE)] if i < len(_PALETTE) // 2 \
+            else _PALETTE[(2 * i + 1) % len(_PALETTE)]
+    return _COLORS[name]
+
+
+def set_learner_order(names) -> None:
+    """Give ``names`` (in this order) the palette's first colours, before anything is drawn."""
+    _COLORS.clear()
+    for name in names:
+        learner_color(str(name).split(" (")[0])
 
 
 def _per_learner(da: xr.DataArray):

@@ -28,7 +28,7 @@ import xarray as xr  # noqa: E402
 from analysis.collect import UNSET, collect  # noqa: E402
 from analysis.plots import (accuracy_vs_cost, alignment_figure, cka_bars,  # noqa: E402
                             comparison_figure, final_epoch, grid_figure, per_block_variables, peak_memory,
-                            save_single)
+                            save_single, set_learner_order)
 from analysis.stats import mean_and_interval, metric_bounds  # noqa: E402
 
 # dims that are not run keys: everything else besides learner and seed is a swept variant
@@ -307,6 +307,7 @@ def write_report(folder, out_dir=None, *, title: str | None = None) -> str:
     metric = primary_metric(raw)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = variants_as_learners(raw)
+    set_learner_order(sorted({str(n).split(" (")[0] for n in np.atleast_1d(ds["learner"].values)}))
     rows = summary_rows(ds)
     table = markdown_table(rows)
     budgets = run_budgets(folder)

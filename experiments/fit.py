@@ -52,7 +52,7 @@ class LoopConfig:
     count_flops: bool = True
     device: str = "cpu"
     # observers (callbacks; they never change learning): experiments.alignment.Alignment and
-    # analysis.cka.CKAToBackprop, recording block_align_* per epoch and block_cka_backprop at the end
+    # experiments.cka.CKAToBackprop, recording block_align_* per epoch and block_cka_backprop at the end
     alignment: bool = False
     cka: bool = False
     # training-batch augmentation of images (experiments/augment.py), e.g. {crop_padding: 4, hflip: true,
@@ -237,7 +237,7 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
         from experiments.alignment import Alignment
         callbacks.append(Alignment())
     if loop.cka:
-        from analysis.cka import CKAToBackprop
+        from experiments.cka import CKAToBackprop
         callbacks.append(CKAToBackprop())
     order_rng = np.random.default_rng([seed, 1]) if loop.shuffle else None
     coords = {"learner": learner.name, "seed": seed, "dataset": data.name,

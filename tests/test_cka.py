@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from analysis.cka import VARIABLE, CKAToBackprop, linear_cka
+from experiments.cka import VARIABLE, CKAToBackprop, linear_cka
 from experiments.datasets import load_dataset
 from experiments.fit import LoopConfig, fit
 from learners import available_learners, get_learner_class, make_learner

@@ -7,8 +7,7 @@ X (n, p) and Y (n, q) over the same n samples, each column-centred::
 
 It is 1 for representations equal up to rotation and isotropic scaling, invariant to both, and
 0 for orthogonal ones. `CKAToBackprop` is a callback that, at the end of a fit, trains a
-backprop twin (same network spec, seed, data and loop; the learner's defaults from
-``learner/backprop.yaml``) and records ``block_cka_backprop(epoch, block)`` at the last epoch:
+backprop twin (same network spec, seed, data and loop; backprop's defaults) and records ``block_cka_backprop(epoch, block)`` at the last epoch:
 block i of the learner against block i of the twin, on a fixed sample of the test split.
 Learners without a `networks.Network` chain (NoProp) are skipped with the reason kept in
 ``skipped``; numpy learners are read through a torch copy of their weights.
@@ -96,11 +95,7 @@ def train_twin(run, params: dict | None = None) -> _Twin:
     """Backprop on the run's network spec, data, seed and loop (no progress bar, no observers)."""
     from experiments.fit import fit
     from learners import make_learner
-    if params is None:
-        from experiments.app import learner_config
-        params = learner_config("backprop")
-        params.pop("name", None)
-    learner = make_learner("backprop", **params)
+    learner = make_learner("backprop", **(params or {}))   # its class defaults, which learner/backprop.yaml states
     loop = dataclasses.replace(run.loop, progress=False, early_stopping=None,
                                **{k: False for k in ("alignment", "cka") if hasattr(run.loop, k)})
     result = fit(learner, run.network.spec, run.data, loop=loop, seed=run.seed)
