@@ -29,6 +29,7 @@ Settings (``stream.setting``):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -40,13 +41,10 @@ import xarray as xr
 
 from experiments.datasets import Dataset
 from experiments.errors import ConfigError
-from experiments.heap import retain_freed_memory
-from experiments.fit import (FitResult, guarded, LoopConfig, Run, _count_parameters, _network_name, _train_epoch, as_spec,
-                             evaluate, to_tensor)
-from experiments.memory import PeakMemory
-from experiments.recording import provenance, results_dataset, write_results
-from learners.base import DataInfo, Learner
-from networks import build
+from experiments.fit import (FitResult, LoopConfig, Phase, _network_name, as_spec, evaluate, run_phases, split_tensors,
+                             train_subset)
+from experiments.recording import results_dataset
+from learners.base import Learner
 
 STREAMS = {  # name: (kind, dataset it must be built from; None = any)
     "permuted_mnist": ("permuted", "mnist"),
@@ -233,6 +231,11 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
                coords: dict | None = None, attrs: dict | None = None) -> FitResult:
     """Train ``learner`` through ``stream``; results hold the accuracy matrix and ACC/BWT/forgetting.
 
+    The engine is the fit loop's (`experiments.fit.run_phases`, one phase per task), so every loop
+    feature works here too: observers (``loop.alignment``, ``loop.cka``, on the current task's
+    data), per-block metrics (on the current task's validation split), early stopping (ends the
+    current task's epochs), time and FLOPs budgets (end the stream).
+
     Per-epoch ``accuracy(epoch, split)``: ``train`` on the current task's
     training data (at most ``loop.eval_train_max`` samples), ``val``/``test``
     the mean over all tasks of the stream; at the last epoch the test value is
@@ -243,56 +246,39 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
 
     if "classification" not in learner.tags.tasks:
         raise ConfigError(f"learner {learner.name!r} does not do classification; continual streams need it")
-    epochs_per_task = int(epochs_per_task or loop.n_epochs)
-    n_tasks = len(stream)
-    spec = as_spec(network).resolve(stream.input_shape, stream.n_outputs)
-    if loop.threads:
-        torch.set_num_threads(int(loop.threads))
-    if loop.retain_freed_memory:
-        retain_freed_memory()
-    device = loop.device
-    first = stream.tasks[0]
-    n_train = len(first.x_train)
-    batch_size = n_train if learner.tags.full_batch else min(loop.batch_size, n_train)
-    steps = n_train // batch_size if loop.drop_last else -(-n_train // batch_size)
-    # The learner's budget spans the whole stream, so schedules run over all tasks.
-    info = DataInfo(input_shape=spec.input_shape, n_classes=spec.n_classes, n_train=n_train,
-                    task="classification", batch_size=batch_size, steps_per_epoch=steps,
-                    n_epochs=epochs_per_task * n_tasks, device=device)
     if loop.augment is not None:
         raise ConfigError("loop.augment is for single image datasets; a continual stream's tasks (permuted "
                           "or split images) are not augmented: set loop.augment=null")
-    run_loop = dataclasses.replace(loop, n_epochs=epochs_per_task * n_tasks)
-    memory = PeakMemory(device=device)
-    network_module = build(spec, seed)
-    run = Run(learner=learner, network=network_module, data=None, loop=run_loop, seed=seed, info=info)
-    run.state = learner.init(network_module, info, seed)
-    head_mask = None
-    if stream.setting == "task" and getattr(getattr(run.state, "network", None), "head", None) is not None:
-        head_mask = HeadMask(stream.n_outputs)
-        run.state.network.head.register_forward_hook(head_mask)
-    from experiments.callbacks import ProgressBar
-    callbacks = list(callbacks) + ([ProgressBar()] if loop.progress else [])
-    order_rng = np.random.default_rng([seed, 1]) if loop.shuffle else None
-    tensors = [{split: (to_tensor(getattr(t, f"x_{split}"), device), to_tensor(getattr(t, f"y_{split}"), device))
-                for split in ("train", "val", "test")} for t in stream.tasks]
-    coords = {"learner": learner.name, "seed": seed, "dataset": stream.name,
-              "network": _network_name(network), **(coords or {})}
-    attrs = {**provenance(), "learner_hyperparameters": learner.hyperparameters(), "network_spec": spec.to_dict(),
-             "n_parameters": _count_parameters(run.state, network_module), "block_split": "test",
-             "n_train": n_train, "stream": stream.name, "setting": stream.setting, "n_tasks": n_tasks,
-             "epochs_per_task": epochs_per_task, "task_names": [t.name for t in stream.tasks], **(attrs or {})}
+    epochs_per_task = int(epochs_per_task or loop.n_epochs)
+    n_tasks = len(stream)
+    spec = as_spec(network).resolve(stream.input_shape, stream.n_outputs)
+    device = loop.device
+    tensors = [split_tensors(t, device) for t in stream.tasks]
+    phases = []
+    for t, task in enumerate(stream.tasks):
+        block = tensors[t]["val"] if len(task.x_val) else tensors[t]["test"]
+        phases.append(Phase(data=task_dataset(task, stream), epochs=epochs_per_task, train=tensors[t]["train"],
+                            block_eval=block, task=task))
+    head_mask = HeadMask(stream.n_outputs) if stream.setting == "task" else None
     rec = ContinualRecorder(n_tasks)
-    out_path = Path(out_dir) / "results.nc" if out_dir is not None else None
+    started = {}
 
-    def save():
-        ds = continual_dataset(rec, coords=coords, attrs={**attrs, "status": run.status})
-        ds = ds.merge(continual_metrics(ds["task_accuracy"]))
-        if out_path is not None:
-            write_results(ds, out_path)
-        return ds
+    def setup(run):
+        if head_mask is not None and getattr(getattr(run.state, "network", None), "head", None) is not None:
+            run.state.network.head.register_forward_hook(head_mask)
 
-    def eval_on(task, x, y):
+    @contextlib.contextmanager
+    def training(phase):
+        """Task-incremental: the other tasks' units are masked out of the head while this one trains."""
+        if head_mask is not None:
+            head_mask.set(phase.task.classes)
+        try:
+            yield
+        finally:
+            if head_mask is not None:
+                head_mask.set(None)
+
+    def eval_on(run, task, x, y):
         """Scores of ``task``'s data; with task ids at test, only its own units count."""
         if head_mask is not None:
             head_mask.set(task.classes)
@@ -303,55 +289,50 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
             if head_mask is not None:
                 head_mask.set(None)
 
-    with guarded(run, memory, callbacks, attrs, save):
-        for t, task in enumerate(stream.tasks):
-            t0 = time.perf_counter()
-            run.state = learner.begin_task(run.state, task)
-            x_train, y_train = tensors[t]["train"]
-            for e in range(epochs_per_task):
-                run.epoch = t * epochs_per_task + e
-                if head_mask is not None:
-                    head_mask.set(task.classes)
-                try:
-                    record = _train_epoch(run, x_train, y_train, batch_size, order_rng, callbacks)
-                finally:
-                    if head_mask is not None:
-                        head_mask.set(None)
-                last = e == epochs_per_task - 1
-                if last:
-                    run.state = learner.end_task(run.state, task)
-                record["trained_task"] = t
-                record["peak_memory"] = memory.peak_so_far()
-                per_task = {split: [eval_on(other, *tensors[j][split]) for j, other in enumerate(stream.tasks)]
-                            for split in ("val", "test")}
-                for split, results in per_task.items():
-                    if results and results[0]:
-                        for key in ("accuracy", "loss"):
-                            record.setdefault(key, {})[split] = float(np.mean([r[key] for r in results]))
-                train_eval = _train_subset(tensors[t]["train"], loop.eval_train_max, seed)
-                for key, value in eval_on(task, *train_eval).items():
-                    record.setdefault(key, {})["train"] = value
-                test_acc = [r["accuracy"] for r in per_task["test"]]
-                rec.records.append(record)
-                rec.epoch_task_acc.append(test_acc)
-                if last:
-                    rec.matrix[t] = test_acc
-                    rec.task_wall.append(time.perf_counter() - t0)
-                    for name, values in learner.task_metrics(run.state).items():
-                        rec.task_metrics.setdefault(name, {})[t] = [float(v) for v in values]
-                run.records = rec.records
-                for cb in callbacks:
-                    cb.on_epoch_end(run, record)
-                save()
-    return FitResult(state=run.state, results=save(), run=run)
+    def test_accuracies(run):
+        return [eval_on(run, other, *tensors[j]["test"])["accuracy"] for j, other in enumerate(stream.tasks)]
+
+    def evaluate_epoch(run, phase, record):
+        t = phase.task.index
+        started.setdefault(t, time.perf_counter())
+        record["trained_task"] = t
+        per_task = {split: [eval_on(run, other, *tensors[j][split]) for j, other in enumerate(stream.tasks)]
+                    for split in ("val", "test")}
+        for split, results in per_task.items():
+            if results and results[0]:
+                for key in ("accuracy", "loss"):
+                    record.setdefault(key, {})[split] = float(np.mean([r[key] for r in results]))
+        for key, value in eval_on(run, phase.task, *train_subset(phase.train, loop.eval_train_max, seed)).items():
+            record.setdefault(key, {})["train"] = value
+        rec.epoch_task_acc.append([r["accuracy"] for r in per_task["test"]])
+
+    def on_task_end(run, phase, evaluated):
+        t = phase.task.index
+        # early stopping ends a task after its evaluation: the matrix row then needs the state after end_task
+        rec.matrix[t] = rec.epoch_task_acc[-1] if evaluated else test_accuracies(run)
+        rec.task_wall.append(time.perf_counter() - started.get(t, time.perf_counter()))
+        for name, values in learner.task_metrics(run.state).items():
+            rec.task_metrics.setdefault(name, {})[t] = [float(v) for v in values]
+
+    def dataset(run, attrs):
+        rec.records = run.records
+        ds = continual_dataset(rec, coords=coords_, attrs=attrs)
+        return ds.merge(continual_metrics(ds["task_accuracy"]))
+
+    coords_ = {"learner": learner.name, "seed": seed, "dataset": stream.name, "network": _network_name(network),
+               **(coords or {})}
+    attrs = {"block_split": "val", "stream": stream.name, "setting": stream.setting, "n_tasks": n_tasks,
+             "epochs_per_task": epochs_per_task, "task_names": [t.name for t in stream.tasks], **(attrs or {})}
+    return run_phases(learner, spec, phases, loop=loop, seed=seed, task="classification", callbacks=callbacks,
+                      evaluate_epoch=evaluate_epoch, make_dataset=dataset, out_dir=out_dir, attrs=attrs,
+                      on_task_end=on_task_end, setup=setup, training=training, n_outputs=stream.n_outputs)
 
 
-def _train_subset(pair, limit, seed):
-    x, y = pair
-    if limit and len(x) > limit:
-        pick = torch.from_numpy(np.random.default_rng([seed, 2]).choice(len(x), limit, replace=False))
-        return x[pick], y[pick]
-    return x, y
+def task_dataset(task: Task, stream: Stream) -> Dataset:
+    """A task as a `Dataset`, for the observers that read the data of the run (probe batches, CKA)."""
+    return Dataset(name=f"{stream.name}/{task.name}", x_train=task.x_train, y_train=task.y_train,
+                   x_val=task.x_val, y_val=task.y_val, x_test=task.x_test, y_test=task.y_test,
+                   n_classes=stream.n_outputs)
 
 
 def continual_dataset(rec: ContinualRecorder, *, coords: dict, attrs: dict) -> xr.Dataset:

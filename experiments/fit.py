@@ -197,41 +197,184 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
     ``network`` is a `NetworkSpec`, a preset name or a spec dict; it is resolved
     against the data's shape and built from ``seed``. With ``out_dir`` the
     results are (re)written to ``out_dir/results.nc`` after every epoch, so a
-    run that fails keeps what it had recorded.
+    run that fails keeps what it had recorded. A fit is a stream of one task:
+    `run_phases` is the engine of both.
     """
     if data.task not in learner.tags.tasks:
         raise ConfigError(f"learner {learner.name!r} does not do {data.task} (it does "
                           f"{', '.join(learner.tags.tasks)}); choose a {learner.tags.tasks[0]} dataset")
     spec = as_spec(network).resolve(data.input_shape, data.n_classes)
-    if spec.kind == "convnet" and not learner.tags.supports_conv:
-        raise ConfigError(f"learner {learner.name!r} does not support convolutional networks; use an MLP")
     if loop.augment is not None:
         loop.augment.check(data.input_shape)
+    device = loop.device
+    evals = split_tensors(data, device, eval_test=loop.eval_test)
+    if loop.eval_train_max and len(data.x_train) > loop.eval_train_max:
+        evals["train"] = train_subset(evals["train"], loop.eval_train_max, seed)
+    block_split = "val" if len(data.x_val) or not loop.eval_test else "test"
+    phase = Phase(data=data, epochs=loop.n_epochs, train=split_tensors(data, device, splits=("train",))["train"],
+                  block_eval=evals[block_split])
+
+    def evaluate_epoch(run, phase, record):
+        for split, (x, y) in evals.items():
+            for key, value in evaluate(learner, run.state, x, y, data.task, loop.eval_batch_size).items():
+                record.setdefault(key, {})[split] = value
+
+    def dataset(run, attrs):
+        return results_dataset(run.records, coords=coords_, attrs=attrs)
+
+    coords_ = {"learner": learner.name, "seed": seed, "dataset": data.name, "network": _network_name(network),
+               **(coords or {})}
+    return run_phases(learner, spec, [phase], loop=loop, seed=seed, task=data.task, callbacks=callbacks,
+                      evaluate_epoch=evaluate_epoch, make_dataset=dataset, out_dir=out_dir,
+                      attrs={"block_split": block_split, **(attrs or {})}, chance=chance_level(data), trend=True,
+                      pad_value=data.meta.get("pad_value", 0.0))
+
+
+@dataclass
+class Phase:
+    """One task of a run: its data (``data``, for the observers), how many epochs it trains, its
+    training tensors, the tensors per-block metrics are measured on, and the task record handed to
+    ``begin_task`` / ``end_task`` (None in an ordinary fit)."""
+
+    data: Dataset
+    epochs: int
+    train: tuple
+    block_eval: tuple
+    task: object = None
+
+
+def split_tensors(data, device: str, *, splits=("train", "val", "test"), eval_test: bool = True) -> dict:
+    return {split: (to_tensor(getattr(data, f"x_{split}"), device), to_tensor(getattr(data, f"y_{split}"), device))
+            for split in splits if split != "test" or eval_test}
+
+
+def train_subset(pair, limit: int | None, seed: int):
+    """A fixed seeded subset of at most ``limit`` samples: the training data a run is evaluated on."""
+    x, y = pair
+    if limit and len(x) > limit:
+        pick = torch.from_numpy(np.random.default_rng([seed, 2]).choice(len(x), limit, replace=False))
+        return x[pick], y[pick]
+    return x, y
+
+
+class EarlyStopper:
+    """``loop.early_stopping`` over the epochs of one task: whether to stop, and the best epoch."""
+
+    def __init__(self, config: EarlyStopping | None):
+        self.config, self.best, self.since_best, self.best_epoch = config, None, 0, None
+
+    def update(self, record: dict) -> bool:
+        es = self.config
+        if es is None:
+            return False
+        value = record.get(es.metric, {}).get(es.split)
+        if value is None:
+            raise ConfigError(f"loop.early_stopping watches {es.metric} on {es.split}, which is not "
+                              "recorded; give data.val_size > 0 or watch another split")
+        better = self.best is None or (value > self.best + es.min_delta if es.mode == "max"
+                                       else value < self.best - es.min_delta)
+        if better:
+            self.best, self.since_best, self.best_epoch = value, 0, record["epoch"]
+        else:
+            self.since_best += 1
+        return self.since_best >= es.patience
+
+
+def run_phases(learner: Learner, spec: NetworkSpec, phases: list[Phase], *, loop: LoopConfig, seed: int,
+               task: str, callbacks, evaluate_epoch, make_dataset, out_dir=None, attrs: dict | None = None,
+               chance: float | None = None, trend: bool = False, on_task_end=None, setup=None,
+               training=None, n_outputs: int | None = None, pad_value=0.0) -> FitResult:
+    """The training engine: every fit and every continual stream runs through here.
+
+    For each phase (a task): ``begin_task``, epochs of training (stopped early by
+    ``loop.early_stopping`` on that task, or for good by a time or FLOPs budget), each followed by
+    ``evaluate_epoch(run, phase, record)``, the learner's per-block metrics on
+    ``phase.block_eval``, the observers and a save; ``end_task`` after the task's last epoch (before
+    its evaluation), then ``on_task_end(run, phase, evaluated)`` where ``evaluated`` says whether
+    that evaluation already saw the state after ``end_task``. ``make_dataset(run, attrs)`` turns
+    the records into the Dataset written to ``out_dir/results.nc``. ``setup(run)`` runs once after
+    ``init``; ``training(phase)``, a context manager, wraps each training epoch (a task's head mask).
+    """
+    if spec.kind == "convnet" and not learner.tags.supports_conv:
+        raise ConfigError(f"learner {learner.name!r} does not support convolutional networks; use an MLP")
     if loop.threads:
         torch.set_num_threads(int(loop.threads))
     if loop.retain_freed_memory:
         retain_freed_memory()
     device = loop.device
-    n_train = len(data.x_train)
+    n_train = len(phases[0].train[0])
     batch_size = n_train if learner.tags.full_batch else min(loop.batch_size, n_train)
     steps = n_train // batch_size if loop.drop_last else math.ceil(n_train / batch_size)
-    info = DataInfo(input_shape=spec.input_shape, n_classes=spec.n_classes, n_train=n_train, task=data.task,
-                    batch_size=batch_size, steps_per_epoch=steps, n_epochs=loop.n_epochs, device=device)
-    x_train, y_train = to_tensor(data.x_train, device), to_tensor(data.y_train, device)
-    evals = {"train": (x_train, y_train), "val": (to_tensor(data.x_val, device), to_tensor(data.y_val, device))}
-    if loop.eval_test:
-        evals["test"] = (to_tensor(data.x_test, device), to_tensor(data.y_test, device))
-    if loop.eval_train_max and n_train > loop.eval_train_max:
-        pick = torch.from_numpy(np.random.default_rng([seed, 2]).choice(n_train, loop.eval_train_max,
-                                                                         replace=False))
-        evals["train"] = (x_train[pick], y_train[pick])
-    block_split = "val" if len(data.x_val) or not loop.eval_test else "test"
-
+    # the learner's budget spans every phase, so its schedules run over the whole stream
+    total_epochs = sum(p.epochs for p in phases)
+    info = DataInfo(input_shape=spec.input_shape, n_classes=n_outputs or spec.n_classes, n_train=n_train,
+                    task=task, batch_size=batch_size, steps_per_epoch=steps, n_epochs=total_epochs, device=device)
+    run_loop = dataclasses.replace(loop, n_epochs=total_epochs) if total_epochs != loop.n_epochs else loop
     memory = PeakMemory(device=device)
     network_module = build(spec, seed)
-    run = Run(learner=learner, network=network_module, data=data, loop=loop, seed=seed, info=info,
-              augment_rng=np.random.default_rng([seed, 3]), pad_value=data.meta.get("pad_value", 0.0))
+    run = Run(learner=learner, network=network_module, data=phases[0].data, loop=run_loop, seed=seed, info=info,
+              augment_rng=np.random.default_rng([seed, 3]), pad_value=pad_value)
     run.state = learner.init(network_module, info, seed)
+    if setup is not None:
+        setup(run)
+    callbacks = observers(loop, callbacks)
+    order_rng = np.random.default_rng([seed, 1]) if loop.shuffle else None
+    attrs = {**provenance(), "learner_hyperparameters": learner.hyperparameters(), "network_spec": spec.to_dict(),
+             "n_parameters": _count_parameters(run.state, network_module), "n_train": n_train,
+             "budget": budget_description(loop), **(attrs or {})}
+    out_path = Path(out_dir) / "results.nc" if out_dir is not None else None
+
+    def save():
+        ds = make_dataset(run, {**attrs, "status": run.status})
+        if out_path is not None:
+            write_results(ds, out_path)
+        return ds
+
+    single = len(phases) == 1
+    with guarded(run, memory, callbacks, attrs, save, chance=chance, trend=trend):
+        for phase in phases:
+            run.data = phase.data
+            if phase.task is not None:
+                run.state = learner.begin_task(run.state, phase.task)
+            stopper = EarlyStopper(loop.early_stopping)
+            for e in range(phase.epochs):
+                with training(phase) if training is not None else contextlib.nullcontext():
+                    record = train_epoch(run, *phase.train, batch_size, order_rng, callbacks)
+                ends = e == phase.epochs - 1 or run.stopped_by is not None
+                if ends and phase.task is not None:
+                    run.state = learner.end_task(run.state, phase.task)
+                record["peak_memory"] = memory.peak_so_far()
+                evaluate_epoch(run, phase, record)
+                for key, values in learner.block_metrics(run.state, *phase.block_eval).items():
+                    record.setdefault("block", {})[key] = [float(v) for v in values]
+                run.records.append(record)
+                for cb in callbacks:
+                    cb.on_epoch_end(run, record)
+                stop = stopper.update(record)
+                if single and stopper.best_epoch is not None:
+                    # the evaluation a report shows for this run: the best epoch's, not the last's
+                    attrs["best_epoch"] = stopper.best_epoch
+                if stop:
+                    attrs.setdefault("stopped_early_at_epoch", []).append(record["epoch"])
+                if run.stopped_by:
+                    attrs["stopped_by"], attrs["stopped_at_epoch"] = run.stopped_by, record["epoch"]
+                if stop and not ends and phase.task is not None:
+                    run.state = learner.end_task(run.state, phase.task)
+                if (ends or stop) and on_task_end is not None:
+                    on_task_end(run, phase, evaluated=ends)
+                run.epoch += 1
+                save()
+                if ends or stop:
+                    break
+            if run.stopped_by:
+                break
+    if single and attrs.get("stopped_early_at_epoch"):
+        attrs["stopped_early_at_epoch"] = attrs["stopped_early_at_epoch"][0]
+    return FitResult(state=run.state, results=save(), run=run)
+
+
+def observers(loop: LoopConfig, callbacks) -> list[Callback]:
+    """The callbacks of a run: the caller's, the progress bar and the observers ``loop`` asks for."""
     callbacks = list(callbacks) + ([ProgressBar()] if loop.progress else [])
     if loop.alignment:
         from experiments.alignment import Alignment
@@ -239,58 +382,7 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
     if loop.cka:
         from experiments.cka import CKAToBackprop
         callbacks.append(CKAToBackprop())
-    order_rng = np.random.default_rng([seed, 1]) if loop.shuffle else None
-    coords = {"learner": learner.name, "seed": seed, "dataset": data.name,
-              "network": _network_name(network), **(coords or {})}
-    attrs = {**provenance(), "learner_hyperparameters": learner.hyperparameters(), "network_spec": spec.to_dict(),
-             "n_parameters": _count_parameters(run.state, network_module), "block_split": block_split,
-             "n_train": n_train,
-             **(attrs or {})}
-    out_path = Path(out_dir) / "results.nc" if out_dir is not None else None
-
-    attrs["budget"] = budget_description(loop)
-
-    def save():
-        ds = results_dataset(run.records, coords=coords, attrs={**attrs, "status": run.status})
-        if out_path is not None:
-            write_results(ds, out_path)
-        return ds
-
-    best, since_best = None, 0
-    with guarded(run, memory, callbacks, attrs, save, chance=chance_level(data), trend=True):
-        for epoch in range(loop.n_epochs):
-            run.epoch = epoch
-            record = _train_epoch(run, x_train, y_train, batch_size, order_rng, callbacks)
-            record["peak_memory"] = memory.peak_so_far()
-            for split, (x, y) in evals.items():
-                for key, value in evaluate(learner, run.state, x, y, data.task, loop.eval_batch_size).items():
-                    record.setdefault(key, {})[split] = value
-            for key, values in learner.block_metrics(run.state, *evals[block_split]).items():
-                record.setdefault("block", {})[key] = [float(v) for v in values]
-            run.records.append(record)
-            for cb in callbacks:
-                cb.on_epoch_end(run, record)
-            es = loop.early_stopping
-            if es is not None:
-                value = record.get(es.metric, {}).get(es.split)
-                if value is None:
-                    raise ConfigError(f"loop.early_stopping watches {es.metric} on {es.split}, which is not "
-                                      "recorded; give data.val_size > 0 or watch another split")
-                better = best is None or (value > best + es.min_delta if es.mode == "max"
-                                          else value < best - es.min_delta)
-                best, since_best = (value, 0) if better else (best, since_best + 1)
-                if better:
-                    # the evaluation a report shows for this run: the best epoch's, not the last's
-                    attrs["best_epoch"] = epoch + 1
-                if since_best >= es.patience:
-                    attrs["stopped_early_at_epoch"] = epoch + 1
-            if run.stopped_by:
-                attrs["stopped_by"] = run.stopped_by
-                attrs["stopped_at_epoch"] = epoch + 1
-            save()
-            if run.stopped_by or "stopped_early_at_epoch" in attrs:
-                break
-    return FitResult(state=run.state, results=save(), run=run)
+    return callbacks
 
 
 def budget_description(loop: LoopConfig) -> str:
@@ -349,7 +441,9 @@ def guarded(run: Run, memory: PeakMemory, callbacks, attrs: dict, save, chance: 
         warnings.warn(f"learner {run.learner.name!r}: {reason}", RunHealthWarning, stacklevel=3)
 
 
-def _train_epoch(run: Run, x_train, y_train, batch_size, order_rng, callbacks) -> dict:
+def train_epoch(run: Run, x_train, y_train, batch_size, order_rng, callbacks) -> dict:
+    """One pass over ``x_train`` in batches: ``learner.update`` each, the budgets checked after each
+    step; returns the epoch's record (training metrics, wall time, FLOPs, steps)."""
     learner, loop = run.learner, run.loop
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}

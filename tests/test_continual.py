@@ -164,3 +164,27 @@ def test_app_composes_stream_configs():
             stream_config(dict(cfg.stream))
         cfg = compose("config", overrides=["+stream=split_mnist", "data=mnist"])
         assert stream_config(dict(cfg.stream)).name == "split_mnist"
+
+
+def test_every_loop_feature_works_in_a_stream(digits, tmp_path):
+    """A stream runs through the fit loop's engine: observers, per-block metrics, early stopping
+    per task and the time budget all apply."""
+    from experiments.fit import EarlyStopping
+    stream = build_stream(StreamConfig(name="split", setting="domain", n_tasks=3, max_train_per_task=120,
+                                       max_test_per_task=60), digits, seed=0)
+    loop = LoopConfig(n_epochs=8, progress=False, alignment=True,
+                      early_stopping=EarlyStopping(split="val", patience=1, min_delta=0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = run_stream(make_learner("mono_forward"), "mlp_small", stream, loop=loop, seed=0, out_dir=tmp_path).results
+    # min_delta 0.5 is never met: each task stops after its first two epochs, and its matrix row is
+    # measured after end_task
+    assert ds.sizes["epoch"] == 6 and list(ds["trained_task"].values) == [0, 1, 2]
+    assert np.isfinite(ds["task_accuracy"].values).all()
+    assert np.isfinite(ds["block_align_cosine"].values).all()            # the alignment observer
+    assert np.isfinite(ds["block_eval_accuracy"].values).all()           # the learner's per-block metrics
+    budget = LoopConfig(n_epochs=50, progress=False, time_budget_s=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        short = run_stream(make_learner("backprop"), "mlp_small", stream, loop=budget, seed=0).results
+    assert short.attrs["stopped_by"] == "time_budget" and short.sizes["epoch"] < 150
