@@ -147,17 +147,18 @@ def _train(cfg: DictConfig, learner_params: dict, out_dir: Path, coords: dict | 
     loop = LoopConfig(**OmegaConf.to_container(cfg.loop, resolve=True))
     network = OmegaConf.to_container(cfg.network, resolve=True)
     attrs = {"config": OmegaConf.to_yaml(cfg, resolve=True)}
+    resume = bool(cfg.get("resume", False))
     if cfg.get("stream"):
         from experiments.continual import run_from_config
         return run_from_config(cfg, learner, data, network, loop, out_dir=out_dir, coords=coords or {},
-                               attrs=attrs)
+                               attrs=attrs, resume=resume)
     return fit(learner, network, data, loop=loop, seed=int(cfg.seed), out_dir=out_dir,
-               coords=coords or {}, attrs=attrs)
+               coords=coords or {}, attrs=attrs, resume=resume)
 
 
 # overrides that change how a run is executed or shown, not what it learns
 _NOT_HYPERPARAMETERS = ("hydra", "loop.progress", "loop.threads", "loop.device", "loop.alignment", "loop.cka",
-                        "report", "name", "isolate")
+                        "report", "name", "isolate", "resume")
 
 
 def swept_coords(cfg: DictConfig) -> dict:

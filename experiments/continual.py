@@ -228,7 +228,7 @@ class ContinualRecorder:
 
 def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = LoopConfig(),
                epochs_per_task: int | None = None, seed: int = 0, callbacks=(), out_dir=None,
-               coords: dict | None = None, attrs: dict | None = None) -> FitResult:
+               coords: dict | None = None, attrs: dict | None = None, resume: bool = False) -> FitResult:
     """Train ``learner`` through ``stream``; results hold the accuracy matrix and ACC/BWT/forgetting.
 
     The engine is the fit loop's (`experiments.fit.run_phases`, one phase per task), so every loop
@@ -314,6 +314,11 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
         for name, values in learner.task_metrics(run.state).items():
             rec.task_metrics.setdefault(name, {})[t] = [float(v) for v in values]
 
+    def restore(saved):
+        nonlocal rec
+        rec, old_started = saved
+        started.update(old_started)
+
     def dataset(run, attrs):
         rec.records = run.records
         ds = continual_dataset(rec, coords=coords_, attrs=attrs)
@@ -325,7 +330,8 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
              "epochs_per_task": epochs_per_task, "task_names": [t.name for t in stream.tasks], **(attrs or {})}
     return run_phases(learner, spec, phases, loop=loop, seed=seed, task="classification", callbacks=callbacks,
                       evaluate_epoch=evaluate_epoch, make_dataset=dataset, out_dir=out_dir, attrs=attrs,
-                      on_task_end=on_task_end, setup=setup, training=training, n_outputs=stream.n_outputs)
+                      on_task_end=on_task_end, setup=setup, training=training, n_outputs=stream.n_outputs,
+                      resume=resume, extra_state=(lambda: (rec, started), restore))
 
 
 def task_dataset(task: Task, stream: Stream) -> Dataset:
@@ -369,10 +375,11 @@ def stream_config(cfg_stream) -> StreamConfig:
     return StreamConfig(**params)
 
 
-def run_from_config(cfg, learner, data, network, loop, *, out_dir=None, coords=None, attrs=None) -> FitResult:
+def run_from_config(cfg, learner, data, network, loop, *, out_dir=None, coords=None, attrs=None,
+                    resume: bool = False) -> FitResult:
     """Entry point of the app when the root config key ``stream`` is set."""
     from omegaconf import OmegaConf
     stream_cfg = stream_config(OmegaConf.to_container(cfg.stream, resolve=True))
     stream = build_stream(stream_cfg, data, seed=int(cfg.seed))
     return run_stream(learner, network, stream, loop=loop, epochs_per_task=stream_cfg.epochs_per_task,
-                      seed=int(cfg.seed), out_dir=out_dir, coords=coords, attrs=attrs)
+                      seed=int(cfg.seed), out_dir=out_dir, coords=coords, attrs=attrs, resume=resume)

@@ -14,6 +14,7 @@ import torch
 
 from experiments.augment import Augment
 from experiments.callbacks import Callback, ProgressBar
+from experiments.checkpoint import load_checkpoint, save_checkpoint, set_global_random_state
 from experiments.datasets import Dataset
 from experiments.errors import ConfigError, TrainingDiverged
 from experiments.health import RunHealthWarning, health_check
@@ -105,6 +106,7 @@ class Run:
     stopped_by: str | None = None   # the budget that ended training early, if any
     augment_rng: np.random.Generator | None = None   # loop.augment's draws
     pad_value: float | tuple = 0.0                   # what a raw 0 pixel is after normalisation (per channel)
+    resumed_order_rng: np.random.Generator | None = None   # the shuffling stream a checkpoint held
 
     @property
     def n_epochs(self) -> int:
@@ -191,14 +193,14 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None, drop_last
 
 def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConfig(), seed: int = 0,
         callbacks: list[Callback] = (), out_dir: str | Path | None = None, coords: dict | None = None,
-        attrs: dict | None = None) -> FitResult:
+        attrs: dict | None = None, resume: bool = False) -> FitResult:
     """Train ``learner`` on ``data`` for ``loop.n_epochs``, recording per-epoch results.
 
     ``network`` is a `NetworkSpec`, a preset name or a spec dict; it is resolved
     against the data's shape and built from ``seed``. With ``out_dir`` the
     results are (re)written to ``out_dir/results.nc`` after every epoch, so a
-    run that fails keeps what it had recorded. A fit is a stream of one task:
-    `run_phases` is the engine of both.
+    run that fails keeps what it had recorded, and ``out_dir/checkpoint.pt`` from which
+    ``resume=True`` goes on. A fit is a stream of one task: `run_phases` is the engine of both.
     """
     if data.task not in learner.tags.tasks:
         raise ConfigError(f"learner {learner.name!r} does not do {data.task} (it does "
@@ -227,7 +229,7 @@ def fit(learner: Learner, network, data: Dataset, *, loop: LoopConfig = LoopConf
     return run_phases(learner, spec, [phase], loop=loop, seed=seed, task=data.task, callbacks=callbacks,
                       evaluate_epoch=evaluate_epoch, make_dataset=dataset, out_dir=out_dir,
                       attrs={"block_split": block_split, **(attrs or {})}, chance=chance_level(data), trend=True,
-                      pad_value=data.meta.get("pad_value", 0.0))
+                      pad_value=data.meta.get("pad_value", 0.0), resume=resume)
 
 
 @dataclass
@@ -283,7 +285,8 @@ class EarlyStopper:
 def run_phases(learner: Learner, spec: NetworkSpec, phases: list[Phase], *, loop: LoopConfig, seed: int,
                task: str, callbacks, evaluate_epoch, make_dataset, out_dir=None, attrs: dict | None = None,
                chance: float | None = None, trend: bool = False, on_task_end=None, setup=None,
-               training=None, n_outputs: int | None = None, pad_value=0.0) -> FitResult:
+               training=None, n_outputs: int | None = None, pad_value=0.0, resume: bool = False,
+               extra_state=None) -> FitResult:
     """The training engine: every fit and every continual stream runs through here.
 
     For each phase (a task): ``begin_task``, epochs of training (stopped early by
@@ -294,6 +297,10 @@ def run_phases(learner: Learner, spec: NetworkSpec, phases: list[Phase], *, loop
     that evaluation already saw the state after ``end_task``. ``make_dataset(run, attrs)`` turns
     the records into the Dataset written to ``out_dir/results.nc``. ``setup(run)`` runs once after
     ``init``; ``training(phase)``, a context manager, wraps each training epoch (a task's head mask).
+
+    With ``out_dir`` each epoch ends with an atomic checkpoint (`experiments.checkpoint`); with
+    ``resume`` a run whose folder holds one goes on from it. ``extra_state`` is a pair
+    ``(get, set)`` for what the caller keeps between epochs (a stream's accuracy matrix).
     """
     if spec.kind == "convnet" and not learner.tags.supports_conv:
         raise ConfigError(f"learner {learner.name!r} does not support convolutional networks; use an MLP")
@@ -331,13 +338,38 @@ def run_phases(learner: Learner, spec: NetworkSpec, phases: list[Phase], *, loop
         return ds
 
     single = len(phases) == 1
+    start_phase, start_epoch, stopper = 0, 0, None
+    saved = load_checkpoint(out_dir) if resume and out_dir is not None else None
+    if saved is not None:
+        start_phase, start_epoch, stopper = _restore(run, saved, attrs, extra_state)
+        if setup is not None:
+            setup(run)   # on the restored state (hooks the caller drives)
+        if start_phase < len(phases) and start_epoch >= phases[start_phase].epochs:
+            start_phase, start_epoch, stopper = start_phase + 1, 0, None
+        if run.stopped_by is not None:
+            start_phase = len(phases)
+
+    def checkpoint(p, e, stopper):
+        if out_dir is not None:
+            save_checkpoint(out_dir, {
+                "state": run.state, "records": run.records, "epoch": run.epoch, "step": run.step,
+                "train_time": run.train_time, "train_flops": run.train_flops, "stopped_by": run.stopped_by,
+                "position": (p, e), "stopper": stopper, "attrs": {k: attrs[k] for k in _RUN_ATTRS if k in attrs},
+                "order_rng": order_rng, "augment_rng": run.augment_rng,
+                "extra": extra_state[0]() if extra_state is not None else None})
+
+    if saved is not None:
+        order_rng = run.resumed_order_rng
     with guarded(run, memory, callbacks, attrs, save, chance=chance, trend=trend):
-        for phase in phases:
+        for p in range(start_phase, len(phases)):
+            phase = phases[p]
             run.data = phase.data
-            if phase.task is not None:
+            first = start_epoch if p == start_phase else 0
+            if phase.task is not None and first == 0:
                 run.state = learner.begin_task(run.state, phase.task)
-            stopper = EarlyStopper(loop.early_stopping)
-            for e in range(phase.epochs):
+            if stopper is None or first == 0:
+                stopper = EarlyStopper(loop.early_stopping)
+            for e in range(first, phase.epochs):
                 with training(phase) if training is not None else contextlib.nullcontext():
                     record = train_epoch(run, *phase.train, batch_size, order_rng, callbacks)
                 ends = e == phase.epochs - 1 or run.stopped_by is not None
@@ -364,13 +396,35 @@ def run_phases(learner: Learner, spec: NetworkSpec, phases: list[Phase], *, loop
                     on_task_end(run, phase, evaluated=ends)
                 run.epoch += 1
                 save()
+                # a task that ended early is resumed at its end, as a finished one
+                checkpoint(p, phase.epochs if stop else e + 1, stopper)
                 if ends or stop:
                     break
+            stopper = None
             if run.stopped_by:
                 break
     if single and attrs.get("stopped_early_at_epoch"):
         attrs["stopped_early_at_epoch"] = attrs["stopped_early_at_epoch"][0]
     return FitResult(state=run.state, results=save(), run=run)
+
+
+# what the attrs of a run learn while it trains, and a resumed run must remember
+_RUN_ATTRS = ("best_epoch", "stopped_early_at_epoch", "stopped_by", "stopped_at_epoch")
+
+
+def _restore(run: Run, saved: dict, attrs: dict, extra_state):
+    """Put a checkpoint's content back into ``run`` (and the caller's state); returns where to go on."""
+    run.state, run.records, run.epoch, run.step = saved["state"], saved["records"], saved["epoch"], saved["step"]
+    run.train_time, run.train_flops, run.stopped_by = saved["train_time"], saved["train_flops"], saved["stopped_by"]
+    run.augment_rng = saved["augment_rng"]
+    attrs.update(saved["attrs"])
+    attrs["resumed_at_epoch"] = run.epoch + 1
+    if extra_state is not None and saved["extra"] is not None:
+        extra_state[1](saved["extra"])
+    set_global_random_state(saved["random"])
+    run.resumed_order_rng = saved["order_rng"]
+    phase, epoch = saved["position"]
+    return phase, epoch, saved["stopper"]
 
 
 def observers(loop: LoopConfig, callbacks) -> list[Callback]:
