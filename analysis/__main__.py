@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.errors import AltlearnError
+from core.errors import AltlearnError
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from experiments.datasets.synthetic import moons, xor
-from experiments.errors import unknown_name
+from core.errors import unknown_name
 
 
 def moons_posterior(x: np.ndarray, noise: float, n_t: int = 512) -> np.ndarray:

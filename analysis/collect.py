@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from experiments.errors import DataError
+from core.errors import DataError
 from experiments.health import FINISHED, FLAGGED
 from experiments.recording import read_results
 from experiments.run_status import read_status

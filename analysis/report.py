@@ -83,7 +83,7 @@ def primary_metric(ds) -> str:
     for metric in ("accuracy", "r2"):
         if metric in ds:
             return metric
-    from experiments.errors import DataError
+    from core.errors import DataError
     raise DataError(f"the runs under {ds.attrs.get('source', 'this folder')} record neither accuracy nor r2: "
                     "are these altlearn result files?")
 

@@ -19,7 +19,7 @@ import yaml
 from experiments.health import FINISHED
 
 from analysis.collect import find_runs
-from experiments.errors import AltlearnError, DataError
+from core.errors import AltlearnError, DataError
 from experiments.recording import read_results, write_text_atomic
 
 

@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import experiments.configs  # noqa: F401 - registers the config groups' typed schemas
-from experiments.errors import AltlearnError, ConfigError
+from core.errors import AltlearnError, ConfigError
 from experiments.run_status import failure_status, sweep_failures, write_status
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)

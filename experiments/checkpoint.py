@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.errors import DataError
+from core.errors import DataError
 from experiments.recording import _write_atomic
 
 FILE = "checkpoint.pt"

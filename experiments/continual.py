@@ -6,7 +6,7 @@ units the task uses). `run_stream` trains one learner through it: for each task
 ``end_task``, then an evaluation on every task of the stream (seen and not yet
 seen). The result is the accuracy matrix ``task_accuracy(trained_task,
 eval_task)`` (test split) with ACC, BWT and forgetting (formulas in
-`analysis.continual`), beside the usual per-epoch variables.
+`experiments.continual_metrics`), beside the usual per-epoch variables.
 
 Streams (``stream.name``):
 
@@ -39,8 +39,9 @@ import numpy as np
 import torch
 import xarray as xr
 
+from experiments.continual_metrics import continual_metrics
 from experiments.datasets import Dataset
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from experiments.fit import (FitResult, LoopConfig, Phase, _network_name, as_spec, evaluate, run_phases, split_tensors,
                              train_subset)
 from experiments.recording import results_dataset
@@ -242,8 +243,6 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
     ACC. ``task_accuracy(trained_task, eval_task)`` is the test accuracy on
     eval_task after training (and ``end_task`` of) trained_task.
     """
-    from analysis.continual import continual_metrics
-
     if "classification" not in learner.tags.tasks:
         raise ConfigError(f"learner {learner.name!r} does not do classification; continual streams need it")
     if loop.augment is not None:

@@ -16,7 +16,7 @@ from experiments.augment import Augment
 from experiments.callbacks import Callback, ProgressBar
 from experiments.checkpoint import load_checkpoint, save_checkpoint, set_global_random_state
 from experiments.datasets import Dataset
-from experiments.errors import ConfigError, TrainingDiverged
+from core.errors import ConfigError, TrainingDiverged
 from experiments.health import RunHealthWarning, health_check
 from experiments.heap import retain_freed_memory
 from experiments.memory import PeakMemory

@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from experiments.errors import DataError
+from core.errors import DataError
 
 SPLITS = ("train", "val", "test")
 PER_SPLIT = ("accuracy", "loss", "r2", "rmse")

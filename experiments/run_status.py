@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.errors import ConfigError, TrainingDiverged
+from core.errors import ConfigError, TrainingDiverged
 from experiments.recording import write_text_atomic
 
 FILE = "status.yaml"

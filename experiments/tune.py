@@ -30,7 +30,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.app import CONFIG_DIR, load_data, objective, run_one, selected_learner_params
-from experiments.errors import AltlearnError, ConfigError, TrainingDiverged
+from core.errors import AltlearnError, ConfigError, TrainingDiverged
 from experiments.recording import read_results, write_text_atomic
 from experiments.run_status import failure_status, write_status
 

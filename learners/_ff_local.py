@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
 
 SCHEDULES = ("simultaneous", "greedy")

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 
 WAVEFORMS = ("sin", "square", "dct")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._noprop_blocks import EMBEDDINGS, NoPropModel, build_model
 from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
 from learners.base import Learner, TorchState, evaluating

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from networks.build import _activation, initialise
 from networks.spec import NetworkSpec
 

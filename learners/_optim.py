@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 
 # adamw_schedulefree: Defazio et al. 2024 (the `schedulefree` package, imported only when
 # asked for); it keeps two weight sequences, so call `schedule_free_mode(opt, train)` around evaluation.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler
 from learners._schedule_free import ScheduleFreeEval
 from learners.base import Learner, Tags, TorchState, evaluating, register

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from experiments.errors import ConfigError, unknown_name
+from core.errors import ConfigError, unknown_name
 
 LOCALITIES = ("global", "blockwise", "neuronwise")
 BACKENDS = ("torch", "numpy")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._optim import SCHEDULE_FREE, OptimizerConfig, make_optimizer, make_scheduler
 from learners.backprop import task_loss
 from learners.base import Learner, Tags, TorchState, evaluating, register

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
+from core.seeding import seed_stream
 from learners._ff_local import NORMALIZERS, SCHEDULES, block_optimizers, check_choice, make_block_schedule
 from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
 from learners.base import Learner, Tags, TorchState, register
@@ -164,7 +165,7 @@ class ForwardForward(Learner):
         self._check(network, n_classes, n_inputs)
         if network.head is not None:
             network.head.requires_grad_(False)   # FF predicts by goodness or its own readout
-        gen = torch.Generator().manual_seed(int(seed) + 104729)
+        gen = torch.Generator().manual_seed(seed_stream(seed, "forward_forward.init"))
         if self.label_mode == "append":
             self._widen_first_layer(network, n_classes, gen)
         if self.weight_init == "hinton":

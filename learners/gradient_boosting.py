@@ -31,7 +31,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._kernels.boosting import (ACTIVATIONS, SCIPY_FTOL, activate_numpy, fit_step_adam,
                                         fit_step_adam_numpy, fit_step_lbfgs, fit_step_lbfgs_numpy)
 from learners.base import Learner, Tags, register

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners.base import Learner, Tags, make_learner, register
 from learners.search import LogUniform
 

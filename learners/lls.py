@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
+from core.seeding import seed_stream
 from learners._lls_basis import WAVEFORMS, periodic_basis
 from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler
 from learners._schedule_free import ScheduleFreeEval
@@ -151,7 +152,7 @@ class LLS(LayerwiseLearner):
         splits = [_pool_split(block) for block in network.blocks]
         sizes = self.pool_sizes(network)
         dims = _local_dims(network, splits, sizes, data_info.input_shape, data_info.device)
-        gen = torch.Generator().manual_seed(int(seed) + 4_000_003)
+        gen = torch.Generator().manual_seed(seed_stream(seed, "lls.heads"))
         heads = nn.ModuleList([self._make_head(n_classes, d, gen) for d in dims]).to(data_info.device)
         optimizers = [make_optimizer(list(block.parameters()) + list(head.parameters()), self.optimizer)
                       for block, head in zip(network.blocks, heads)]

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
+from core.seeding import seed_stream
 from learners._ff_local import SCHEDULES, block_optimizers, check_choice, make_block_schedule
 from learners._optim import OptimizerConfig
 from learners.base import LayerwiseLearner, Tags, TorchState, evaluating, register
@@ -76,7 +77,7 @@ class MonoForward(LayerwiseLearner):
         if network.head is not None:
             # MF predicts from M_L; the head is not part of the rule (and not counted as a parameter).
             network.head.requires_grad_(False)
-        gen = torch.Generator().manual_seed(int(seed) + 7919)
+        gen = torch.Generator().manual_seed(seed_stream(seed, "mono_forward.projections"))
         projections = nn.ParameterList()
         for i in range(network.n_blocks):
             m = torch.empty(data_info.n_classes, self.feature_width(network, i))

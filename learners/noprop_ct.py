@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._noprop_base import NoPropBase, check_choice, check_positive, softmax_mix
 from learners._noprop_schedules import (LearnedSchedule, kl_to_standard_normal, posterior_coefficients,
                                         sample_marginal, times_uniform_in_snr)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._noprop_base import NoPropBase, check_choice, check_positive
 from learners.base import Tags, register
 from learners.search import LogUniform

@@ -29,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._kernels import swarm as K
 from learners.base import Learner, Tags, register
 from networks import build, from_numpy, to_numpy

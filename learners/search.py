@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from networks.spec import NetworkSpec
 
 

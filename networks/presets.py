@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.errors import unknown_name
+from core.errors import unknown_name
 from networks.spec import NetworkSpec
 
 PRESETS: dict[str, NetworkSpec] = {

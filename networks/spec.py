@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 
 KINDS = ("mlp", "convnet")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity")

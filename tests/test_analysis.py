@@ -5,7 +5,7 @@ from analysis import collect
 from analysis.report import write_report
 from analysis.stats import mean_and_interval
 from experiments.datasets import load_dataset
-from experiments.errors import DataError
+from core.errors import DataError
 from experiments.fit import LoopConfig, fit
 from experiments.recording import write_results
 from learners import make_learner

@@ -7,7 +7,7 @@ import torch
 
 from experiments.augment import Augment
 from experiments.datasets import load_dataset
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from experiments.fit import LoopConfig, fit
 from learners import make_learner
 

@@ -5,7 +5,7 @@ import pytest
 
 from analysis.bayes_ceiling import bayes_accuracy, moons_posterior, xor_ceiling_closed_form, xor_posterior
 from experiments.datasets.synthetic import moons, xor
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 
 
 def test_xor_rate_by_hand():

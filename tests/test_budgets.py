@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments.datasets import load_dataset
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from experiments.fit import EarlyStopping, LoopConfig, budget_description, chance_level, fit
 from experiments.health import RunHealthWarning, health_check
 from learners import Learner, Tags, TorchState, make_learner

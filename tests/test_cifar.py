@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 import experiments.datasets.cifar as cifar
 from experiments.datasets import available_datasets, load_dataset
 from experiments.datasets.idx import md5
-from experiments.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DATA_CONFIGS = Path(cifar.__file__).resolve().parents[1] / "configs" / "data"

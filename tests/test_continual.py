@@ -12,7 +12,7 @@ import xarray as xr
 from analysis.continual import acc, bwt, continual_metrics, forgetting
 from experiments.continual import StreamConfig, build_stream, run_stream, stream_config
 from experiments.datasets import load_dataset
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from experiments.fit import LoopConfig, evaluate
 from learners import make_learner
 from learners.backprop import Backprop

@@ -8,7 +8,7 @@ import pytest
 from experiments.datasets import available_datasets, load_dataset
 from experiments.datasets.base import carve_validation
 from experiments.datasets.idx import FILES, data_root, md5
-from experiments.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("name", ["blobs", "moons", "circles", "xor", "spirals"])
@@ -140,7 +140,7 @@ def test_mnist1d_missing_package_is_explained(monkeypatch):
             raise ImportError("No module named 'mnist1d'")
         return real_import(name, *args, **kwargs)
     monkeypatch.setattr(builtins, "__import__", no_mnist1d)
-    from experiments.errors import DataError
+    from core.errors import DataError
     with pytest.raises(DataError, match=r"pip install 'altlearn\[mnist1d\]'"):
         load_dataset("mnist1d")
 

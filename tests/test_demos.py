@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.demos import DEMOS, get_demo, main
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners import available_learners, get_learner_class
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "experiments" / "demos" / "notebooks"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from experiments.datasets import load_dataset
-from experiments.errors import ConfigError, TrainingDiverged
+from core.errors import ConfigError, TrainingDiverged
 from experiments.fit import EarlyStopping, LoopConfig, fit
 from experiments.recording import read_results
 from learners import make_learner

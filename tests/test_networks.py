@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from networks import NetworkSpec, build, from_numpy, get_preset, to_numpy
 
 

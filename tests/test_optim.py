@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._optim import OptimizerConfig, lr_factor, make_optimizer, make_scheduler
 
 

@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from analysis.select import main, selection_table
-from experiments.errors import DataError
+from core.errors import DataError
 from experiments.recording import results_dataset, write_results
 
 

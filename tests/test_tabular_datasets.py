@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from experiments.datasets import load_dataset
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 
 
 @pytest.mark.parametrize("name,n_features,n_classes,n_total", [("breast_cancer", 30, 2, 569), ("wine", 13, 3, 178)])

@@ -71,7 +71,7 @@ def test_every_learner_declares_a_valid_search_space(name):
 
 
 def test_a_search_space_key_must_be_a_hyperparameter():
-    from experiments.errors import ConfigError
+    from core.errors import ConfigError
     cls = get_learner_class("backprop")
 
     class Wrong(cls):

@@ -16,7 +16,7 @@ import numpy as np
 
 from experiments.datasets.base import Dataset, carve_validation, normalize
 from experiments.datasets.idx import data_root
-from experiments.errors import ConfigError, unknown_name
+from core.errors import ConfigError, unknown_name
 
 
 @dataclass

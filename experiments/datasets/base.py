@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 
 NORMALIZATIONS = ("none", "global", "channel", "standard", "minmax")
 

@@ -6,7 +6,7 @@ import numpy as np
 from experiments.datasets import RawData, register_dataset
 from experiments.datasets.idx import load_idx_dataset
 from experiments.datasets.synthetic import GENERATORS
-from experiments.errors import DataError
+from core.errors import DataError
 
 
 def _toy(name):

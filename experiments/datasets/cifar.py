@@ -14,7 +14,7 @@ import numpy as np
 
 from experiments.datasets import RawData, register_dataset
 from experiments.datasets.idx import data_root, fetch, md5
-from experiments.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 # md5 sums published with the archives (https://www.cs.toronto.edu/~kriz/cifar.html, also in
 # torchvision). Tests put their fixture's sum in "md5"; on purpose there is no option to skip the check.

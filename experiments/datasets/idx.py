@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.errors import DataError
+from core.errors import DataError
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")

@@ -68,7 +68,7 @@ def friedman1(seed=0, n_train=1000, n_test=1000, n_features=10, noise=1.0):
     Features beyond the fifth are irrelevant; a new seed is a new draw.
     """
     if n_features < 5:
-        from experiments.errors import ConfigError
+        from core.errors import ConfigError
         raise ConfigError(f"data.options.n_features={n_features} is too small; friedman1 needs at least 5")
     rng = np.random.default_rng(seed)
     n = n_train + n_test

@@ -20,7 +20,7 @@ from experiments.demos._common import finish, main_for
 
 def load(quick: bool, seed: int):
     from experiments.datasets import load_dataset
-    from experiments.errors import DataError
+    from core.errors import DataError
     if not quick:
         try:
             return load_dataset("mnist", seed=seed, download=False), "permuted MNIST"

@@ -39,7 +39,7 @@ def run(out_dir="demos", *, quick: bool = False, seed: int = 0) -> dict:
     from experiments.fit import LoopConfig, fit
     from learners import available_learners, make_learner
     if "forward_forward" not in available_learners():
-        from experiments.errors import ConfigError
+        from core.errors import ConfigError
         raise ConfigError("demo forward_forward needs the forward_forward learner, which is not registered")
     torch.set_num_threads(1)
     params = learner_config("forward_forward")

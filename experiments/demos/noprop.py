@@ -34,7 +34,7 @@ def run(out_dir="demos", *, quick: bool = False, seed: int = 0) -> dict:
     from experiments.fit import LoopConfig, fit
     from learners import available_learners, make_learner
     if "noprop_dt" not in available_learners():
-        from experiments.errors import ConfigError
+        from core.errors import ConfigError
         raise ConfigError("demo noprop needs the noprop_dt learner, which is not registered")
     torch.set_num_threads(1)
     params = learner_config("noprop_dt")

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners import make_learner
 from learners.base import DataInfo
 from networks import NetworkSpec, build

@@ -7,7 +7,7 @@ import torch
 
 from experiments.continual import StreamConfig, build_stream
 from experiments.datasets import load_dataset
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners import make_learner
 from learners.base import DataInfo
 from learners.ewc import _fisher_linear, _fisher_vmap

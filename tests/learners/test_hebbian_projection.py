@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from experiments.continual import StreamConfig, build_stream
 from experiments.datasets import load_dataset
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners import available_learners, get_learner_class, make_learner
 from learners._kernels.hebbian import oja_subspace_iterations, oja_subspace_iterations_numpy
 from learners.base import DataInfo

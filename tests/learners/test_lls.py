@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.datasets import load_dataset
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from experiments.fit import LoopConfig, fit
 from learners import make_learner
 from learners._lls_basis import periodic_basis

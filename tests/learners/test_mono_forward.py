@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from experiments.datasets import load_dataset
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from experiments.fit import LoopConfig, fit
 from learners import make_learner
 from learners.base import DataInfo

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._noprop_base import softmax_mix
 from learners._noprop_schedules import LearnedSchedule
 from tests.learners._noprop_helpers import (ForwardCalls, OracleBlock, accuracy, make_state, one_hot_inputs,

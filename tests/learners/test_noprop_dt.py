@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._noprop_base import softmax_mix
 from learners._noprop_blocks import ClassEmbedding
 from learners._noprop_schedules import (alphas_from_alpha_bar, cosine_alpha_bar, kl_to_standard_normal,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from tests.learners._noprop_helpers import accuracy, make_state, one_hot_inputs, train_steps, two_class_problem
 
 
