@@ -17,6 +17,7 @@ DEMOS = {
     "noprop": "the denoising chain carrying noise to a class embedding",
     "forgetting": "permuted-digit accuracy matrices with and without Hebbian projection",
     "locality": "which parameters each learner's single update touches",
+    "alignment": "random feedback: forward weights and errors turning towards backprop's",
 }
 
 
