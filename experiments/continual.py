@@ -85,18 +85,12 @@ class StreamConfig:
             raise ConfigError(f"stream.classes_per_task={self.classes_per_task} must be >= 1")
 
 
-@dataclass
-class Task:
-    """One task of a stream. ``y_*`` are output-unit indices; ``classes`` the units it uses."""
+@dataclass(kw_only=True)
+class Task(Dataset):
+    """One task of a stream: a `Dataset` (labels are output-unit indices, ``n_classes`` the stream's
+    output units) with its place in the stream and the units it uses."""
 
     index: int
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
     classes: tuple[int, ...]
     setting: str = "domain"
 
@@ -171,6 +165,8 @@ def build_stream(cfg: StreamConfig, data: Dataset, seed: int = 0) -> Stream:
             units = tuple(range(k)) if cfg.setting == "domain" else tuple(int(c) for c in group)
             tasks.append(_task(t, "classes " + ",".join(str(c) for c in group), arrays, units, cfg.setting))
         n_outputs = k if cfg.setting == "domain" else n_tasks * k
+    for task in tasks:
+        task.n_classes = n_outputs
     return Stream(name=cfg.name, tasks=tasks, n_outputs=n_outputs, input_shape=data.input_shape,
                   setting=cfg.setting, dataset=data.name)
 
@@ -256,8 +252,8 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
     phases = []
     for t, task in enumerate(stream.tasks):
         block = tensors[t]["val"] if len(task.x_val) else tensors[t]["test"]
-        phases.append(Phase(data=task_dataset(task, stream), epochs=epochs_per_task, train=tensors[t]["train"],
-                            block_eval=block, task=task))
+        phases.append(Phase(data=task, epochs=epochs_per_task, train=tensors[t]["train"], block_eval=block,
+                            task=task))
     head_mask = HeadMask(stream.n_outputs) if stream.setting == "task" else None
     rec = ContinualRecorder(n_tasks)
     started = {}
@@ -331,13 +327,6 @@ def run_stream(learner: Learner, network, stream: Stream, *, loop: LoopConfig = 
                       evaluate_epoch=evaluate_epoch, make_dataset=dataset, out_dir=out_dir, attrs=attrs,
                       on_task_end=on_task_end, setup=setup, training=training, n_outputs=stream.n_outputs,
                       resume=resume, extra_state=(lambda: (rec, started), restore))
-
-
-def task_dataset(task: Task, stream: Stream) -> Dataset:
-    """A task as a `Dataset`, for the observers that read the data of the run (probe batches, CKA)."""
-    return Dataset(name=f"{stream.name}/{task.name}", x_train=task.x_train, y_train=task.y_train,
-                   x_val=task.x_val, y_val=task.y_val, x_test=task.x_test, y_test=task.y_test,
-                   n_classes=stream.n_outputs)
 
 
 def continual_dataset(rec: ContinualRecorder, *, coords: dict, attrs: dict) -> xr.Dataset:
