@@ -110,14 +110,11 @@ def reference_network(learner, state, input_shape, n_classes) -> Network:
 
 
 def network_input(learner, state, net: Network, x: torch.Tensor) -> torch.Tensor:
-    """What the network's first block reads: the raw input, or (forward-forward style learners that
-    embed a label into the input) the input with the learner's neutral label."""
+    """What the network's first block reads: the learner's `network_input` (the raw input, or the
+    input with a neutral label for rules that embed one), zero-padded to a first layer the rule widened."""
+    x = learner.network_input(state, x)
     first = net.weight_layer(0)
     if isinstance(first, torch.nn.Linear) and first.in_features != x[0].numel():
-        embed = getattr(learner, "embed", None)
-        n_classes = getattr(state, "extra", {}).get("n_classes") if hasattr(state, "extra") else None
-        if callable(embed) and n_classes:
-            return embed(x, None, n_classes)
         flat = x.reshape(len(x), -1)
         return F.pad(flat, (0, first.in_features - flat.shape[1]))
     return x

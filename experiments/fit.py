@@ -327,7 +327,7 @@ def run_phases(learner: Learner, spec: NetworkSpec, phases: list[Phase], *, loop
     callbacks = observers(loop, callbacks)
     order_rng = np.random.default_rng([seed, 1]) if loop.shuffle else None
     attrs = {**provenance(), "learner_hyperparameters": learner.hyperparameters(), "network_spec": spec.to_dict(),
-             "n_parameters": _count_parameters(run.state, network_module), "n_train": n_train,
+             "n_parameters": _count_parameters(learner, run.state, network_module), "n_train": n_train,
              "budget": budget_description(loop), **(attrs or {})}
     out_path = Path(out_dir) / "results.nc" if out_dir is not None else None
 
@@ -558,13 +558,9 @@ def _network_name(network) -> str:
     return f"{spec.kind}_" + "x".join(str(w) for w in spec.channels + spec.widths)
 
 
-def _count_parameters(state, network) -> int:
-    """Trainable parameters of the network plus any the learner adds (e.g. per-block projections)."""
-    extra = getattr(state, "extra", None)
-    # a learner may train its own module built from the spec (NoProp's denoising blocks) as state.network
-    own = getattr(state, "network", None)
-    modules = [own if isinstance(own, torch.nn.Module) else network]
-    modules += [v for v in (extra or {}).values() if isinstance(v, torch.nn.Module)]
+def _count_parameters(learner: Learner, state, network) -> int:
+    """Trainable parameters of the modules the rule trains (its network and what it adds)."""
+    modules = learner.trainable_modules(state) or [network]
     seen = set()
     total = 0
     for module in modules:

@@ -99,6 +99,33 @@ class Learner:
         """The trainable tensors of each block, for the locality checks."""
         return [list(block.parameters()) for block in state.network.blocks]
 
+    # Hooks through which generic code (the loop, the observers, wrappers such as the Hebbian
+    # projection) asks a rule about its state, so that nothing outside the rule reads the state's fields.
+
+    def trainable_modules(self, state) -> list[torch.nn.Module]:
+        """Every module whose parameters the rule trains: its network and what it adds (projections,
+        local heads), for counting parameters. The default reads a `TorchState`."""
+        own = getattr(state, "network", None)
+        modules = [own] if isinstance(own, torch.nn.Module) else []
+        extra = getattr(state, "extra", None) or {}
+        return modules + [v for v in extra.values() if isinstance(v, torch.nn.Module)]
+
+    def optimizers(self, state) -> list[torch.optim.Optimizer]:
+        """The torch optimisers the rule steps (a continual wrapper resets them at a task boundary).
+        The default reads a `TorchState`'s ``extra`` and an ``optimizer`` field."""
+        found = []
+        extra = getattr(state, "extra", None) or {}
+        for value in list(extra.values()) + [getattr(state, "optimizer", None)]:
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(item, torch.optim.Optimizer) and item not in found:
+                    found.append(item)
+        return found
+
+    def network_input(self, state, x: torch.Tensor) -> torch.Tensor:
+        """What the network's first block reads for input ``x`` at prediction time (a rule that embeds a
+        label into the input gives its neutral label); the observers feed backprop's twin with it."""
+        return x
+
     def hyperparameters(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
 

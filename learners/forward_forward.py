@@ -211,6 +211,10 @@ class ForwardForward(Learner):
 
     # ------------------------------------------------------------------ pieces
 
+    def network_input(self, state, x):
+        """The input with the neutral label: what the blocks read when FF scores without a label."""
+        return self.embed(x, None, state.extra["n_classes"])
+
     def embed(self, x: torch.Tensor, labels: torch.Tensor | None, n_classes: int) -> torch.Tensor:
         """Flattened input with the label (one-hot * strength) or, for None, the neutral label embedded."""
         flat = x.reshape(len(x), -1)

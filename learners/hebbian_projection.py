@@ -215,7 +215,7 @@ class HebbianProjection(Learner):
                         p.requires_grad_(False)
                         p.grad = None
             if self.reset_optimizer:
-                _reset_optimizers(state.base)
+                _reset_optimizers(base, state.base)
         growth = self.growth[min(state.tasks_done, len(self.growth) - 1)]
         sizes = _per_layer(growth, len(state.layers), "growth")
         state.clipped = []
@@ -310,6 +310,15 @@ class HebbianProjection(Learner):
     def block_metrics(self, state, x, y):
         return self.make_base().block_metrics(state.base, x, y)
 
+    def trainable_modules(self, state):
+        return self.make_base().trainable_modules(state.base)
+
+    def optimizers(self, state):
+        return self.make_base().optimizers(state.base)
+
+    def network_input(self, state, x):
+        return self.make_base().network_input(state.base, x)
+
 
 def oja_iterations(x, x_res, h_new, mom, lr, momentum, clamp, n_iter, *, kernel="torch"):
     """Oja subspace iterations on the new rows, in place (math in `learners._kernels.hebbian`)."""
@@ -340,12 +349,10 @@ def _set_projector(layer, h, *, exact: bool):
     layer.hlop_u, layer.hlop_v = h, v
 
 
-def _reset_optimizers(base_state):
-    """Clear momentum/Adam moments of every torch optimiser the base keeps (a fresh optimiser per task)."""
+def _reset_optimizers(base, base_state):
+    """Clear momentum/Adam moments of every torch optimiser the base steps (a fresh optimiser per task)."""
     from collections import defaultdict
-    extra = getattr(base_state, "extra", None) or {}
-    for value in list(extra.values()) + [getattr(base_state, "optimizer", None)]:
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for opt in values:
-            if isinstance(opt, torch.optim.Optimizer):
-                opt.state = defaultdict(dict)
+    for opt in base.optimizers(base_state):
+        opt.state = defaultdict(dict)
+
+
