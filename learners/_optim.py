@@ -156,3 +156,12 @@ class Schedule:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int) -> Schedule:
     return Schedule(optimizer, cfg, total_steps)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scheduler: Schedule | None = None) -> None:
+    """One step on ``loss``: clear the gradients, backpropagate, step, then advance the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()

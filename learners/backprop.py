@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler
+from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler, optimizer_step
 from learners._schedule_free import ScheduleFreeEval
-from learners.base import Learner, Tags, TorchState, evaluating, register
+from learners.base import Learner, Tags, evaluating, register
 from learners.search import Choice, LogUniform
 
 
@@ -18,6 +18,16 @@ def task_loss(scores: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     if task == "regression":
         return F.mse_loss(scores, y.reshape(scores.shape))
     return F.cross_entropy(scores, y)
+
+
+@dataclass
+class BackpropState:
+    network: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    schedule_free: ScheduleFreeEval     # evaluates a schedule-free optimiser at its averaged weights
+    task: str = "classification"
+    step: int = 0
 
 
 @register("backprop")
@@ -41,28 +51,26 @@ class Backprop(Learner):
         if self.bn_refresh_batches < 0:
             raise ConfigError(f"backprop.bn_refresh_batches must be >= 0, got {self.bn_refresh_batches}")
         opt = make_optimizer(network.parameters(), self.optimizer)
-        state = TorchState(network=network)
         # schedule-free optimisers bring their own warmup and need no schedule
         scheduler = None if is_schedule_free(opt) else make_scheduler(opt, self.optimizer, data_info.total_steps)
-        state.extra = {"optimizer": opt, "scheduler": scheduler, "task": data_info.task,
-                       "schedule_free": ScheduleFreeEval([opt], network, self.bn_refresh_batches)}
-        return state
+        return BackpropState(network=network, optimizer=opt, scheduler=scheduler, task=data_info.task,
+                             schedule_free=ScheduleFreeEval([opt], network, self.bn_refresh_batches))
+
+    def objective(self, state, x, y) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss one step descends, and the metrics it reports (rules built on backprop add terms)."""
+        loss = task_loss(state.network(x), y, state.task)
+        return loss, {"loss": loss.item()}
 
     def update(self, state, batch):
         x, y = batch
-        opt = state.extra["optimizer"]
-        state.extra["schedule_free"].to_train(x)
+        state.schedule_free.to_train(x)
         state.network.train()
-        loss = task_loss(state.network(x), y, state.extra["task"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if state.extra["scheduler"] is not None:
-            state.extra["scheduler"].step()
+        loss, metrics = self.objective(state, x, y)
+        optimizer_step(state.optimizer, loss, state.scheduler)
         state.step += 1
-        return state, {"loss": loss.item()}
+        return state, metrics
 
     def predict(self, state, x):
-        state.extra["schedule_free"].to_eval(state.network)
+        state.schedule_free.to_eval(state.network)
         with evaluating(state.network) as net:
             return net(x)

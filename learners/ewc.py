@@ -15,36 +15,39 @@ penalty instead of one per task (``gamma = 1`` sums the Fishers). On a single ta
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from learners._optim import SCHEDULE_FREE, OptimizerConfig, make_optimizer, make_scheduler
-from learners.backprop import task_loss
-from learners.base import Learner, Tags, TorchState, evaluating, register
-from learners.search import Choice, LogUniform
+from learners._optim import SCHEDULE_FREE
+from learners.backprop import Backprop, BackpropState
+from learners.base import Tags, register
 
 FISHERS = ("empirical", "true")
 
 
+@dataclass
+class EWCState(BackpropState):
+    fisher: list[torch.Tensor] | None = None    # the consolidated diagonal Fisher, per parameter tensor
+    anchor: list[torch.Tensor] | None = None    # the weights at the end of the last task
+    seed: int = 0
+    tasks_done: int = 0
+
+
 @register("ewc")
 @dataclass(frozen=True, kw_only=True)
-class EWC(Learner):
+class EWC(Backprop):
     """Backprop plus a quadratic penalty anchoring the parameters important to earlier tasks."""
 
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
     ewc_lambda: float = 100.0
     fisher: str = "empirical"         # empirical | true
     fisher_samples: int = 1000        # per task (a seeded subset of its training data)
     gamma: float = 1.0                # decay of earlier tasks' Fisher (online EWC); 1 = sum
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch")
-    contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
-    # tuned by experiments.tune, the same trial budget for every learner
-    search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.schedule": Choice(("constant", "cosine"))}
 
     def init(self, network, data_info, seed):
         if self.fisher not in FISHERS:
@@ -57,63 +60,44 @@ class EWC(Learner):
             raise ConfigError(f"ewc does not support optimizer.name={self.optimizer.name!r} (the Fisher and the "
                               "anchor would be taken at weights other than the evaluated ones); use adam, "
                               "adamw or sgd")
-        network = network.to(data_info.device)
-        opt = make_optimizer(network.parameters(), self.optimizer)
-        state = TorchState(network=network)
-        state.extra = {"optimizer": opt, "scheduler": make_scheduler(opt, self.optimizer, data_info.total_steps),
-                       "fisher": None, "anchor": None, "seed": seed, "tasks_done": 0}
-        return state
+        base = super().init(network, data_info, seed)
+        return EWCState(**{f.name: getattr(base, f.name) for f in fields(base)}, seed=seed)
 
     def penalty(self, state) -> torch.Tensor | None:
-        fisher, anchor = state.extra["fisher"], state.extra["anchor"]
-        if fisher is None or self.ewc_lambda == 0:
+        if state.fisher is None or self.ewc_lambda == 0:
             return None
-        total = sum((f * (p - a) ** 2).sum() for p, f, a in zip(state.network.parameters(), fisher, anchor))
+        total = sum((f * (p - a) ** 2).sum()
+                    for p, f, a in zip(state.network.parameters(), state.fisher, state.anchor))
         return 0.5 * self.ewc_lambda * total
 
-    def update(self, state, batch):
-        x, y = batch
-        opt = state.extra["optimizer"]
-        state.network.train()
-        loss = task_loss(state.network(x), y, "classification")
+    def objective(self, state, x, y):
+        loss, metrics = super().objective(state, x, y)
         penalty = self.penalty(state)
-        total = loss if penalty is None else loss + penalty
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        state.extra["scheduler"].step()
-        state.step += 1
-        metrics = {"loss": loss.item()}
-        if penalty is not None:
-            metrics["ewc_penalty"] = penalty.item()
-        return state, metrics
-
-    def predict(self, state, x):
-        with evaluating(state.network) as net:
-            return net(x)
+        if penalty is None:
+            return loss, metrics
+        return loss + penalty, {**metrics, "ewc_penalty": penalty.item()}
 
     def end_task(self, state, task):
         """Consolidate: add this task's diagonal Fisher and move the anchor to the current weights."""
         x = getattr(task, "x_train", None)
         if x is None or len(x) == 0:
             return state
-        rng = np.random.default_rng([state.extra["seed"], 31, state.extra["tasks_done"]])
+        rng = np.random.default_rng([state.seed, 31, state.tasks_done])
         pick = rng.choice(len(x), min(self.fisher_samples, len(x)), replace=False)
         device = next(state.network.parameters()).device
         xs = torch.as_tensor(np.ascontiguousarray(x[pick]), device=device)
         ys = torch.as_tensor(np.asarray(task.y_train)[pick], device=device)
         fisher_t = diagonal_fisher(state.network, xs, ys, mode=self.fisher, seed=int(rng.integers(2**31)))
-        old = state.extra["fisher"]
-        state.extra["fisher"] = fisher_t if old is None else [self.gamma * f + ft for f, ft in zip(old, fisher_t)]
-        state.extra["anchor"] = [p.detach().clone() for p in state.network.parameters()]
-        state.extra["tasks_done"] += 1
+        old = state.fisher
+        state.fisher = fisher_t if old is None else [self.gamma * f + ft for f, ft in zip(old, fisher_t)]
+        state.anchor = [p.detach().clone() for p in state.network.parameters()]
+        state.tasks_done += 1
         return state
 
     def task_metrics(self, state):
-        fisher = state.extra["fisher"]
-        if fisher is None:
+        if state.fisher is None:
             return {}
-        return {"fisher_mean": [float(f.mean()) for f in fisher]}
+        return {"fisher_mean": [float(f.mean()) for f in state.fisher]}
 
 
 def diagonal_fisher(network, x, y, *, mode="empirical", seed=0, chunk=256) -> list[torch.Tensor]:

@@ -50,19 +50,19 @@ def test_schedule_free_predicts_at_the_averaged_weights_with_refreshed_batch_nor
     assert torch.equal(bn.running_mean, stats_after)
     assert all(torch.equal(a, b) for a, b in zip(eval_point, _weights(state)))
     # going back restores the training weights (up to the optimiser's float arithmetic) ...
-    state.extra["schedule_free"].to_train()
+    state.schedule_free.to_train()
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(train_point, _weights(state)))
     # ... and every training step goes back first
     learner.predict(state, _batch(52)[0])
     learner.update(state, _batch(9))
-    assert state.extra["schedule_free"].at_eval is False
+    assert state.schedule_free.at_eval is False
 
 
 def test_refresh_uses_the_kept_training_batches_only():
     learner, state = _state({"name": "adamw_schedulefree", "lr": 1e-2}, bn_refresh_batches=2)
     for step in range(5):
         learner.update(state, _batch(step))
-    kept = state.extra["schedule_free"].recent
+    kept = state.schedule_free.recent
     assert len(kept) == 2 and torch.equal(kept[-1], _batch(4)[0])
 
 
@@ -73,7 +73,7 @@ def test_adam_evaluates_the_weights_it_trains():
     learner.predict(state, _batch(50)[0])
     after = state.network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert len(state.extra["schedule_free"].recent) == 0   # nothing kept when nothing needs refreshing
+    assert len(state.schedule_free.recent) == 0   # nothing kept when nothing needs refreshing
 
 
 def test_schedule_free_with_a_schedule_is_a_clear_error():

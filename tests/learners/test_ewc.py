@@ -61,8 +61,8 @@ def test_consolidation_anchors_important_weights(tasks):
     state, _ = _steps(ewc, state, first, n=20)
     state = ewc.end_task(state, first)
     anchor = [p.detach().clone() for p in state.network.parameters()]
-    fisher = state.extra["fisher"]
-    assert all(torch.equal(a, b) for a, b in zip(anchor, state.extra["anchor"]))
+    fisher = state.fisher
+    assert all(torch.equal(a, b) for a, b in zip(anchor, state.anchor))
     assert float(ewc.penalty(state).detach()) == 0.0                     # zero at the anchor
     # the penalty's gradient is lambda F (theta - theta*)
     with torch.no_grad():
