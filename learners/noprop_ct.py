@@ -5,7 +5,8 @@ One network û_θ(z_t, x, t) is trained on samples t ~ U(0, 1), z_t ~ q(z_t|y):
     L = CE(θ_out(z_1), y) + KL(q(z_0|y) ‖ N(0, I)) + (η/2) SNR'(t) ‖û_θ(z_t, x, t) − u_y‖²
 
 with SNR(t) = exp(−γ(t)) from the learned monotone schedule (Eq. 65–67) and
-SNR'(t) by autograd; θ, θ_out, the schedule ψ and W_Embed take one step. No
+SNR'(t) by autograd (``weighting: snr``; the default ``log_snr`` weighs by −γ'(t)
+instead, see the field); θ, θ_out, the schedule ψ and W_Embed take one step. No
 gradient crosses time steps; inside the one network it is ordinary backprop.
 Inference integrates from noise on an ``inference_steps`` grid (paper: 1000).
 """
@@ -25,6 +26,7 @@ from learners.search import LogUniform
 
 INTEGRATORS = ("ancestral", "ddim")
 TIME_SAMPLING = ("uniform", "snr")
+WEIGHTINGS = ("log_snr", "snr")
 
 
 @register("noprop_ct")
@@ -36,7 +38,8 @@ class NoPropCT(NoPropBase):
     (Eq. 3 on the grid, stochastic) or ``ddim`` (deterministic probability flow).
     ``inference_steps`` (paper: 1000) is used once training is over; ``eval_steps`` for the
     per-epoch evaluations before that. ``batch_norm`` defaults to off: the paper's CT model
-    has no BatchNorm (Fig. 6 caption)."""
+    has no BatchNorm (Fig. 6 caption). ``weighting``: how the denoising error is weighted over
+    time, ``snr`` (Eq. 9's SNR'(t)) or ``log_snr`` (−γ'(t), the default; see the field)."""
 
     eta: float = 1.0
     time_dim: int = 32
@@ -53,6 +56,15 @@ class NoPropCT(NoPropBase):
     # proportional to SNR'), weight SNR'/p = SNR(1) − SNR(0): the same expectation and gradient,
     # with a constant weight (a departure in the estimator, not the objective).
     time_sampling: str = "uniform"
+    # Departure from Eq. 9 (default "log_snr"): the denoising error is weighted by
+    # d log SNR / dt = −γ'(t) instead of SNR'(t), i.e. ∫ ‖û − u_y‖² d log SNR instead of
+    # ∫ ‖û − u_y‖² dSNR (a weighting of the diffusion loss over log-SNR, Kingma & Gao 2023). The one
+    # shared network learns every noise level from the same weights, and Eq. 9 spends almost none of
+    # its loss where z is still mostly noise (below SNR 1: 2% of it from γ(1) = −4), which is where
+    # the chain has to read the label off x. Fashion-MNIST, 3x1000 blocks, 471 steps of batch 64:
+    # the denoiser's accuracy at t = 0 reached 45% with SNR'(t) (50% with t sampled uniform in
+    # SNR) and 80% with −γ'(t), the chain 46-51% and 77-80% (validation). "snr" is the paper's.
+    weighting: str = "log_snr"
     inference_steps: int = 1000
     eval_steps: int = 20
     batch_norm: bool | None = False
@@ -69,6 +81,7 @@ class NoPropCT(NoPropBase):
     def init(self, network, data_info, seed):
         check_choice("integrator", self.integrator, INTEGRATORS)
         check_choice("time_sampling", self.time_sampling, TIME_SAMPLING)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
         for key in ("time_dim", "schedule_hidden", "inference_steps", "eval_steps"):
             check_positive(key, getattr(self, key))
         if not self.eta > 0:
@@ -94,8 +107,11 @@ class NoPropCT(NoPropBase):
         if self.time_sampling == "snr":
             t, span = times_uniform_in_snr(model.schedule, t)
         snr_t, snr_prime = model.schedule.snr_and_derivative(t)
-        # importance sampling divides by the density p(t) = SNR'(t) / span, held fixed
-        weight = snr_prime if span is None else snr_prime * (span / snr_prime.detach())
+        # SNR'(t) (Eq. 9) or d log SNR / dt = SNR'(t) / SNR(t) = −γ'(t), differentiable in ψ either way
+        weight = snr_prime if self.weighting == "snr" else snr_prime / snr_t
+        if span is not None:
+            # importance sampling divides by the density p(t) = SNR'(t) / span, held fixed
+            weight = weight * (span / snr_prime.detach())
         alpha_bar_t = (snr_t / (1 + snr_t)).unsqueeze(1)
         z_t = sample_marginal(u, alpha_bar_t, gen)
         u_hat = softmax_mix(model.blocks[0](x, z_t, t), model.embedding.weight)

@@ -58,7 +58,8 @@ class NoPropDT(NoPropBase):
         model = self.build(network, data_info, seed, n_blocks=self.n_blocks)
         alpha_bar = cosine_alpha_bar(self.n_blocks, s=self.cosine_offset)
         a, b, c = posterior_coefficients(alpha_bar[:-1], alpha_bar[1:])
-        groups = [list(model.parameters())]
+        # blocks first, then θ_out and W_Embed: `update` steps the second group once per block loss
+        groups = [list(model.blocks.parameters()), model.shared_parameters()]
         as_f32 = lambda v: v.to(torch.float32).to(data_info.device)
         return self.make_state(model, data_info, seed, groups, alpha_bar=as_f32(alpha_bar),
                                snr=as_f32(snr(alpha_bar)), a=as_f32(a), b=as_f32(b), c=as_f32(c))
@@ -88,15 +89,18 @@ class NoPropDT(NoPropBase):
         return ce + kl_to_standard_normal(u, ex["alpha_bar"][0]).mean(), ce
 
     def update(self, state, batch):
-        """One optimiser step on (1/T) Σ_t L_t over the chosen blocks.
+        """Algorithm 1 on one batch: for each chosen t, L_t steps {θ_t, θ_out, W_Embed}.
 
-        Departure from Algorithm 1's loop order (same updates per sample, see
-        ``block_schedule``): the paper steps {θ_t, θ_out, W_Embed} after each L_t; here
-        each block's loss is backpropagated on its own (its graph is freed before the
-        next block runs, so one block's activations are alive at a time) and one step
-        follows. θ_t's gradient is ∇L_t / T (Adam is invariant to the 1/T), and θ_out,
-        W_Embed get the gradient of Eq. 8 with its expectation over t taken exactly:
-        CE + KL + (1/T) Σ_t weighted error. One step instead of 2T keeps a CPU step cheap.
+        θ_out and W_Embed take one step per L_t, as in Algorithm 1, so with ``block_schedule: all``
+        they take T steps per batch. (Taking one step on the mean of the L_t instead left θ_out T
+        times behind: on Fashion-MNIST with 3x1000-unit blocks its cross-entropy on the nearly clean
+        z_T was still 1.7 after three epochs, and the chain's accuracy was read through that head.)
+        Departure in the order only: each block's loss is backpropagated on its own (its graph is
+        freed before the next block runs, so one block's activations are alive at a time) and the
+        blocks take their step together after the last one. Each block is stepped once on its own
+        L_t either way, and no block's loss reads another block, so the blocks' updates are the
+        paper's; θ_out's cheap steps keep the paper's count, the blocks' one fused step keeps a CPU
+        step cheap.
         """
         x, y = batch
         gen = self.begin_update(state, x, y)
@@ -105,20 +109,23 @@ class NoPropDT(NoPropBase):
             chosen = list(range(1, T + 1))
         else:
             chosen = [int(torch.randint(1, T + 1, (1,), generator=gen))]
-        opt = state.extra["optimizers"][0]
-        opt.zero_grad(set_to_none=True)
+        block_opt, shared_opt = state.extra["optimizers"]
+        block_opt.zero_grad(set_to_none=True)
         metrics = {}
-        total = 0.0
+        total = ce_total = 0.0
         for t in chosen:
+            shared_opt.zero_grad(set_to_none=True)
             term, sq_err = self.block_loss(state, t, x, y, gen)
-            (term / len(chosen)).backward()
+            shared, ce = self.shared_loss(state, y, gen)
+            loss = term + shared
+            loss.backward()
+            shared_opt.step()
             metrics[f"denoise_loss/{t - 1}"] = sq_err.item()
-            total += term.item() / len(chosen)
-        shared, ce = self.shared_loss(state, y, gen)
-        shared.backward()
-        opt.step()
-        metrics["ce"] = ce.item()
-        metrics["loss"] = total + shared.item()
+            total += loss.item() / len(chosen)
+            ce_total += ce.item() / len(chosen)
+        block_opt.step()
+        metrics["ce"] = ce_total
+        metrics["loss"] = total
         self.end_update(state)
         return state, metrics
 
