@@ -23,9 +23,19 @@ from torch import nn
 from core.errors import ConfigError
 from core.seeding import seed_stream
 from learners._ff_local import SCHEDULES, block_optimizers, check_choice, make_block_schedule
-from learners._optim import OptimizerConfig
-from learners.base import LayerwiseLearner, Tags, TorchState, evaluating, register
+from learners._optim import OptimizerConfig, optimizer_step
+from learners.base import LayerwiseLearner, Tags, evaluating, register
 from learners.search import Choice, LogUniform
+
+
+@dataclass
+class MonoForwardState:
+    network: nn.Module
+    projections: nn.ParameterList      # M_i, one (n_classes, features) matrix per block
+    optimizers: list                   # one per block, over the block and its M_i
+    schedulers: list
+    schedule: object                   # simultaneous or greedy (learners._ff_local.BlockSchedule)
+    step: int = 0
 
 
 @register("mono_forward")
@@ -88,8 +98,8 @@ class MonoForward(LayerwiseLearner):
                                        self.patience, self.min_delta)
         groups = [list(network.blocks[i].parameters()) + [projections[i]] for i in range(network.n_blocks)]
         opts, scheds = block_optimizers(groups, self.optimizer, schedule)
-        return TorchState(network=network, extra={"projections": projections, "optimizers": opts,
-                                                  "schedulers": scheds, "schedule": schedule})
+        return MonoForwardState(network=network, projections=projections, optimizers=opts, schedulers=scheds,
+                                schedule=schedule)
 
     # ------------------------------------------------------------------ training
 
@@ -97,14 +107,14 @@ class MonoForward(LayerwiseLearner):
         """G_i = features(a_i) M_i^T, shape (batch, n_classes)."""
         if a.dim() > 2:
             a = a.mean(dim=(2, 3)) if self.conv_features == "pool" else a.flatten(1)
-        return a @ state.extra["projections"][i].t()
+        return a @ state.projections[i].t()
 
     def blocks_to_update(self, state):
-        return state.extra["schedule"].active()
+        return state.schedule.active()
 
     def update(self, state, batch):
         state.network.train()
-        schedule = state.extra["schedule"]
+        schedule = state.schedule
         if schedule.done:
             state.step += 1
             return state, {}
@@ -121,11 +131,7 @@ class MonoForward(LayerwiseLearner):
     def update_block(self, state, i, h, batch):
         y = batch[1]
         a, g, loss = self.local_loss(state, i, h, y)
-        opt = state.extra["optimizers"][i]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state.extra["schedulers"][i].step()
+        optimizer_step(state.optimizers[i], loss, state.schedulers[i])
         return a.detach(), {"loss": loss.item(), "accuracy": (g.argmax(1) == y).float().mean().item()}
 
     # ------------------------------------------------------------------ prediction
@@ -168,11 +174,17 @@ class MonoForward(LayerwiseLearner):
         for i in range(n):
             accs[i] /= max(count, 1)
             losses[i] = totals[i].item() / max(count, 1)
-        schedule = state.extra["schedule"]
+        schedule = state.schedule
         if schedule.kind == "greedy" and not schedule.done:
             schedule.observe(schedule.current, losses[schedule.current], state.step)
         return {"eval_accuracy": accs, "eval_loss": losses}
 
+    def trainable_modules(self, state):
+        return [state.network, state.projections]
+
+    def optimizers(self, state):
+        return list(state.optimizers)
+
     def block_parameters(self, state):
-        return [list(state.network.blocks[i].parameters()) + [state.extra["projections"][i]]
+        return [list(state.network.blocks[i].parameters()) + [state.projections[i]]
                 for i in range(state.network.n_blocks)]

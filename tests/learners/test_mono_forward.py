@@ -40,7 +40,7 @@ def test_adds_n_classes_by_width_parameters_per_block_and_drops_the_head():
     data = load_dataset("blobs", seed=0, n_train=100, n_test=50, n_classes=4, dim=6)
     spec = get_preset("mlp_small").resolve(data.input_shape, data.n_classes)
     result = fit(make_learner("mono_forward"), spec, data, seed=0, loop=LoopConfig(n_epochs=1, progress=False, count_flops=False))
-    projections = result.state.extra["projections"]
+    projections = result.state.projections
     assert [tuple(m.shape) for m in projections] == [(4, 64), (4, 64)]
     blocks = sum(p.numel() for p in result.state.network.blocks.parameters())
     assert result.results.attrs["n_parameters"] == blocks + 4 * 64 + 4 * 64
@@ -86,7 +86,7 @@ def test_prediction_reads_the_chosen_block_only():
         for k in range(3):
             moved = copy.deepcopy(state)
             with torch.no_grad():
-                moved.extra["projections"][k].add_(0.5)
+                moved.projections[k].add_(0.5)
             changed[k] = not torch.equal(learner.predict(moved, x), ref)
         expected = {"last": {0: False, 1: False, 2: True}, "sum": {0: True, 1: True, 2: True},
                     "block=1": {0: False, 1: True, 2: False}}[mode]
@@ -94,7 +94,7 @@ def test_prediction_reads_the_chosen_block_only():
     # and the scores are a_L M_L^T
     learner, state = base["last"]
     a = state.network.forward_blocks(x)[-1]
-    torch.testing.assert_close(learner.predict(state, x), a @ state.extra["projections"][2].t())
+    torch.testing.assert_close(learner.predict(state, x), a @ state.projections[2].t())
 
 
 def test_one_forward_pass_per_block_per_step_and_no_label_in_the_input():
@@ -129,7 +129,7 @@ def test_greedy_schedule_trains_blocks_in_turn_and_matches_simultaneous_for_one_
         moved = [any(not torch.equal(a, b) for a, b in zip(pa, pb)) for pa, pb in zip(after, before)]
         expected_block = step // 2 if step < 6 else None
         assert moved == [k == expected_block for k in range(3)], (step, moved)
-    assert state.extra["schedule"].done and metrics == {}
+    assert state.schedule.done and metrics == {}
     finals = []
     for schedule in ("simultaneous", "greedy"):
         learner, state = _state(widths=(16,), schedule=schedule)
@@ -143,7 +143,7 @@ def test_greedy_schedule_trains_blocks_in_turn_and_matches_simultaneous_for_one_
 def test_greedy_early_stopping_on_the_validation_local_loss_moves_to_the_next_block():
     learner, state = _state(schedule="greedy", patience=2, epochs_per_block=100)
     x, y = _batch(n=64)
-    schedule = state.extra["schedule"]
+    schedule = state.schedule
     with torch.no_grad():
         # a frozen-looking block 0: its local loss cannot improve when nothing changes
         for _ in range(3):
@@ -165,7 +165,7 @@ def test_convnet_projection_meets_the_feature_map(features, width):
     spec = NetworkSpec(kind="convnet", channels=(4, 8), pool=(2, 2), widths=(16,), input_shape=(1, 16, 16),
                        n_classes=4)
     learner, state = _state(spec=spec, conv_features=features)
-    assert tuple(state.extra["projections"][1].shape) == (4, width)
+    assert tuple(state.projections[1].shape) == (4, width)
     x, y = _batch(shape=(1, 16, 16))
     state, metrics = learner.update(state, (x, y))
     assert {"loss/0", "loss/1", "loss/2"} <= set(metrics)
