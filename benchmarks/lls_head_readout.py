@@ -91,7 +91,7 @@ def main(argv=None):
     refitted = accuracy(fv @ W + b, yv)
 
     # the training weights (y), batch norm refreshed on the same kept batches
-    sf = state.extra["schedule_free"]
+    sf = state.schedule_free
     sf.to_train()                              # back to y, as before the next training step
     with torch.no_grad():
         state.network.train()

@@ -25,9 +25,9 @@ from torch import nn
 from core.errors import ConfigError
 from core.seeding import seed_stream
 from learners._lls_basis import WAVEFORMS, periodic_basis
-from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler
+from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler, optimizer_step
 from learners._schedule_free import ScheduleFreeEval
-from learners.base import LayerwiseLearner, Tags, TorchState, evaluating, register
+from learners.base import LayerwiseLearner, Tags, evaluating, register
 from learners.search import LogUniform
 
 VARIANTS = ("lls", "lls_m", "lls_mxm", "lls_mxm_reduced", "random_basis", "local_classifier")
@@ -65,6 +65,20 @@ class LocalHead(nn.Module):
         elif self.variant in ("lls_mxm", "lls_mxm_reduced"):
             z = z @ self.learnable
         return z / self.temperature
+
+
+@dataclass
+class LLSState:
+    network: nn.Module
+    heads: nn.ModuleList               # per block: its fixed basis and learnable readout (LLS-M, -MxM)
+    optimizers: list                   # one per block (block and head), then the network head's
+    schedulers: list
+    splits: list                       # where each block's pooling starts (its activity is read there)
+    pool_sizes: list
+    total_steps: int
+    schedule_free: ScheduleFreeEval    # evaluates schedule-free optimisers at their averaged weights
+    channels_last: bool
+    step: int = 0
 
 
 @register("lls")
@@ -159,19 +173,17 @@ class LLS(LayerwiseLearner):
         optimizers.append(make_optimizer(network.head.parameters(), self.optimizer))
         schedulers = [None if is_schedule_free(opt) else make_scheduler(opt, self.optimizer, data_info.total_steps)
                       for opt in optimizers]
-        state = TorchState(network=network)
-        state.extra = {"heads": heads, "optimizers": optimizers, "schedulers": schedulers, "splits": splits,
-                       "pool_sizes": sizes, "total_steps": data_info.total_steps,
-                       "schedule_free": ScheduleFreeEval(optimizers, network, self.bn_refresh_batches),
-                       "channels_last": self._channels_last(data_info.input_shape)}
-        return state
+        return LLSState(network=network, heads=heads, optimizers=optimizers, schedulers=schedulers, splits=splits,
+                        pool_sizes=sizes, total_steps=data_info.total_steps,
+                        schedule_free=ScheduleFreeEval(optimizers, network, self.bn_refresh_batches),
+                        channels_last=self._channels_last(data_info.input_shape))
 
     def _channels_last(self, input_shape) -> bool:
         return self.channels_last and len(input_shape) == 3
 
     @staticmethod
     def _layout(state, x: torch.Tensor) -> torch.Tensor:
-        if state.extra["channels_last"] and x.dim() == 4:
+        if state.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -198,7 +210,7 @@ class LLS(LayerwiseLearner):
 
     def first_input(self, state, batch):
         x = self._layout(state, batch[0])
-        state.extra["schedule_free"].to_train(x)
+        state.schedule_free.to_train(x)
         state.network.train()
         return x
 
@@ -206,12 +218,12 @@ class LLS(LayerwiseLearner):
         n = state.network.n_blocks
         if self.schedule == "simultaneous":
             return range(n)
-        phase = min(state.step * n // max(state.extra["total_steps"], 1), n - 1)
+        phase = min(state.step * n // max(state.total_steps, 1), n - 1)
         return range(phase, phase + 1)
 
     def local_logits(self, state, i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Block i on input ``h``: (its output, its local logits). Gradients stay inside block i."""
-        block, k = state.network.blocks[i], state.extra["splits"][i]
+        block, k = state.network.blocks[i], state.splits[i]
         a = h
         for m in block[:k]:
             a = m(a)
@@ -219,19 +231,14 @@ class LLS(LayerwiseLearner):
         with torch.no_grad():  # the block's own pooling is not part of its local loss
             for m in block[k:]:
                 out = m(out)
-        logits = state.extra["heads"][i](pool_activity(a, state.extra["pool_sizes"][i]))
+        logits = state.heads[i](pool_activity(a, state.pool_sizes[i]))
         return out, logits
 
     def update_block(self, state, i, h, batch):
         y = batch[1]
         out, logits = self.local_logits(state, i, h.detach())
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        opt = state.extra["optimizers"][i]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if state.extra["schedulers"][i] is not None:
-            state.extra["schedulers"][i].step()
+        optimizer_step(state.optimizers[i], loss, state.schedulers[i])
         acc = (logits.detach().argmax(1) == y).float().mean()
         return out.detach(), {"local_loss": loss.item(), "local_accuracy": acc.item()}
 
@@ -243,12 +250,7 @@ class LLS(LayerwiseLearner):
                 h = net.run_block(j, h)
         scores = net.head(h.detach())
         loss = F.cross_entropy(scores, batch[1])
-        opt = state.extra["optimizers"][-1]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if state.extra["schedulers"][-1] is not None:
-            state.extra["schedulers"][-1].step()
+        optimizer_step(state.optimizers[-1], loss, state.schedulers[-1])
         return {"loss": loss.item()}
 
     # ------------------------------------------------------------- evaluation
@@ -261,19 +263,25 @@ class LLS(LayerwiseLearner):
             for block in blocks:
                 x = block(x)
 
-        state.extra["schedule_free"].to_eval(features)
+        state.schedule_free.to_eval(features)
 
     def predict(self, state, x):
         self.prepare_eval(state)
         with evaluating(state.network) as net:
             return net(self._layout(state, x))
 
+    def trainable_modules(self, state):
+        return [state.network, state.heads]
+
+    def optimizers(self, state):
+        return list(state.optimizers)
+
     def block_metrics(self, state, x, y, batch_size: int = 1024):
         """Local accuracy and loss of every block on (x, y), at the evaluation weights."""
         self.prepare_eval(state)
         n = state.network.n_blocks
         correct, loss_sum = [0.0] * n, [0.0] * n
-        with evaluating(state.network), evaluating(state.extra["heads"]):
+        with evaluating(state.network), evaluating(state.heads):
             for start in range(0, len(x), batch_size):
                 h, yb = self._layout(state, x[start:start + batch_size]), y[start:start + batch_size]
                 for i in range(n):
@@ -284,7 +292,7 @@ class LLS(LayerwiseLearner):
 
     def block_parameters(self, state):
         return [list(block.parameters()) + list(head.parameters())
-                for block, head in zip(state.network.blocks, state.extra["heads"])]
+                for block, head in zip(state.network.blocks, state.heads)]
 
 
 def pool_activity(a: torch.Tensor, size: int) -> torch.Tensor:

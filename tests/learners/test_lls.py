@@ -36,7 +36,7 @@ def _batch(input_shape=(8,), n_classes=3, n=16, seed=0):
 
 
 def _extra_parameters(state) -> int:
-    return sum(p.numel() for p in state.extra["heads"].parameters() if p.requires_grad)
+    return sum(p.numel() for p in state.heads.parameters() if p.requires_grad)
 
 
 # ------------------------------------------------------------------ parameters added by each variant
@@ -50,7 +50,7 @@ def test_extra_parameter_counts(spec, shape):
     assert counts == {"lls": 0, "lls_m": C * n_blocks, "lls_mxm": C * C * n_blocks,
                       "lls_mxm_reduced": R * C * n_blocks, "random_basis": 0}
     _, state = _state("local_classifier", spec, shape, C)
-    dims = [h.learnable.shape[1] for h in state.extra["heads"]]
+    dims = [h.learnable.shape[1] for h in state.heads]
     assert _extra_parameters(state) == C * sum(dims)
 
 
@@ -71,7 +71,7 @@ def test_basis_is_deterministic_and_never_a_parameter(waveform):
     b = periodic_basis(10, 300, waveform)
     assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()   # bit-identical copies of the cache
     learner, state = _state("lls", waveform=waveform)
-    head = state.extra["heads"][0]
+    head = state.heads[0]
     assert head.basis.requires_grad is False
     assert not any(p is head.basis for p in state.network.parameters())
     assert not any(p is head.basis for p in head.parameters())
@@ -167,8 +167,8 @@ def test_linear_pooling_identity_and_the_smallconvl_upsampling():
 def test_smallconv_local_dimensions_follow_the_reference():
     """D = C_out * s^2 on the activity before the block's max pooling: 32*16, 64*4, 128*4, then 512."""
     _, state = _state("lls", get_preset("smallconv"), (1, 28, 28), 10)
-    assert [h.basis.shape[1] for h in state.extra["heads"]] == [32 * 16, 64 * 4, 128 * 4, 512]
-    assert state.extra["pool_sizes"] == [4, 2, 2, 0]
+    assert [h.basis.shape[1] for h in state.heads] == [32 * 16, 64 * 4, 128 * 4, 512]
+    assert state.pool_sizes == [4, 2, 2, 0]
 
 
 # ----------------------------------------------------------------------------- locality
