@@ -31,7 +31,7 @@ from core.errors import ConfigError
 from core.seeding import seed_stream
 from learners._ff_local import NORMALIZERS, SCHEDULES, block_optimizers, check_choice, make_block_schedule
 from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
-from learners.base import Learner, Tags, TorchState, register
+from learners.base import Learner, Tags, register
 from learners.search import LogUniform, Uniform
 
 GOODNESS = ("sum_sq", "mean_sq")
@@ -74,6 +74,22 @@ def sample_negative_labels(y: torch.Tensor, n_classes: int, how: str, gen: torch
         probs = torch.softmax(masked, dim=1)
         return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(y.device)
     return y[torch.randperm(len(y), generator=gen, device="cpu").to(y.device)]
+
+
+@dataclass
+class FFState:
+    network: nn.Module
+    optimizers: list                   # one per block (its goodness loss)
+    schedulers: list
+    schedule: object                   # simultaneous or greedy (learners._ff_local.BlockSchedule)
+    readout: nn.Linear                 # the softmax readout on detached block activity
+    readout_optimizer: torch.optim.Optimizer
+    readout_scheduler: object
+    running_means: list                # per block, the mean activity of each unit (peer normalisation)
+    thresholds: list                   # per block, the goodness threshold
+    n_classes: int
+    generator: torch.Generator         # negatives and label draws
+    step: int = 0
 
 
 @register("forward_forward")
@@ -182,16 +198,14 @@ class ForwardForward(Learner):
         readout = nn.Linear(width, n_classes, bias=False).to(data_info.device)
         nn.init.zeros_(readout.weight)   # loeweX: zero-initialised, bias-free classifier
         readout_opt = make_optimizer(readout.parameters(), self.readout_optimizer)
-        extra = {
-            "optimizers": opts, "schedulers": scheds, "schedule": schedule,
-            "readout": readout, "readout_optimizer": readout_opt,
-            "readout_scheduler": make_scheduler(readout_opt, self.readout_optimizer, data_info.total_steps),
+        return FFState(
+            network=network, optimizers=opts, schedulers=scheds, schedule=schedule,
+            readout=readout, readout_optimizer=readout_opt,
+            readout_scheduler=make_scheduler(readout_opt, self.readout_optimizer, data_info.total_steps),
             # MATLAB initialises the running mean activity at 0.5 (loeweX too); one entry per unit.
-            "running_means": [torch.full((network.block_width(i),), 0.5, device=data_info.device)
-                              for i in range(network.n_blocks)],
-            "thresholds": self.thresholds(network), "n_classes": n_classes, "generator": gen,
-        }
-        return TorchState(network=network, extra=extra)
+            running_means=[torch.full((network.block_width(i),), 0.5, device=data_info.device)
+                           for i in range(network.n_blocks)],
+            thresholds=self.thresholds(network), n_classes=n_classes, generator=gen)
 
     @staticmethod
     def _widen_first_layer(network, n_classes, gen):
@@ -213,7 +227,13 @@ class ForwardForward(Learner):
 
     def network_input(self, state, x):
         """The input with the neutral label: what the blocks read when FF scores without a label."""
-        return self.embed(x, None, state.extra["n_classes"])
+        return self.embed(x, None, state.n_classes)
+
+    def trainable_modules(self, state):
+        return [state.network, state.readout]
+
+    def optimizers(self, state):
+        return list(state.optimizers) + [state.readout_optimizer]
 
     def embed(self, x: torch.Tensor, labels: torch.Tensor | None, n_classes: int) -> torch.Tensor:
         """Flattened input with the label (one-hot * strength) or, for None, the neutral label embedded."""
@@ -261,7 +281,7 @@ class ForwardForward(Learner):
 
     def goodness_over_labels(self, state, x: torch.Tensor) -> torch.Tensor:
         """Goodness of every block for every candidate label, (n_blocks, B, C), in one [B*C, D] pass."""
-        c = state.extra["n_classes"]
+        c = state.n_classes
         b = len(x)
         labels = torch.arange(c, device=x.device).repeat(b)
         tiled = x.reshape(b, -1).repeat_interleave(c, dim=0)
@@ -273,26 +293,25 @@ class ForwardForward(Learner):
     def update(self, state, batch):
         x, y = batch
         state.network.train()
-        extra = state.extra
-        c = extra["n_classes"]
-        active = extra["schedule"].active()
+        c = state.n_classes
+        active = state.schedule.active()
         # Neutral-label pass with the weights before this step: the readout's features, and the
         # logits hard negatives are drawn from (MATLAB runs it before choosing negatives).
         _, neutral = self.forward_all(state, self.embed(x, None, c))
         features = self.readout_features(state, neutral)
-        logits = extra["readout"](features) if self.negatives == "hard" else None
-        y_neg = sample_negative_labels(y, c, self.negatives, extra["generator"], logits)
+        logits = state.readout(features) if self.negatives == "hard" else None
+        y_neg = sample_negative_labels(y, c, self.negatives, state.generator, logits)
         losses, metrics = self.block_losses(state, x, y, y_neg, active)
         if losses:
             for i in active:
-                extra["optimizers"][i].zero_grad(set_to_none=True)
+                state.optimizers[i].zero_grad(set_to_none=True)
             sum(losses.values()).backward()   # one backward; each loss reaches only its own block
             for i in active:
-                extra["optimizers"][i].step()
-                extra["schedulers"][i].step()
+                state.optimizers[i].step()
+                state.schedulers[i].step()
         metrics["readout_loss"] = self.train_readout(state, features, y)
         state.step += 1
-        extra["schedule"].after_step(state.step)
+        state.schedule.after_step(state.step)
         return state, metrics
 
     def block_losses(self, state, x, y, y_neg, active) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
@@ -301,8 +320,8 @@ class ForwardForward(Learner):
         Every block reads the detached, normalised output of the block below,
         so the graph of loss i holds block i's parameters only.
         """
-        net, extra = state.network, state.extra
-        c, thetas = extra["n_classes"], extra["thresholds"]
+        net = state.network
+        c, thetas = state.n_classes, state.thresholds
         b = len(x)
         h = self._input(torch.cat([self.embed(x, y, c), self.embed(x, y_neg, c)]))
         # Collaboration needs every block's goodness; plain FF stops after the last block in training.
@@ -349,17 +368,16 @@ class ForwardForward(Learner):
         (momentum 0.9, start 0.5); only this batch's share of it carries a gradient.
         """
         mom = self.peer_norm_momentum
-        running = state.extra["running_means"][i] * mom + positive_activity.mean(0) * (1 - mom)
-        state.extra["running_means"][i] = running.detach()
+        running = state.running_means[i] * mom + positive_activity.mean(0) * (1 - mom)
+        state.running_means[i] = running.detach()
         return (running.mean() - running).pow(2).mean()
 
     def train_readout(self, state, features: torch.Tensor, y: torch.Tensor) -> float:
-        extra = state.extra
-        loss = F.cross_entropy(extra["readout"](features.detach()), y)
-        extra["readout_optimizer"].zero_grad(set_to_none=True)
+        loss = F.cross_entropy(state.readout(features.detach()), y)
+        state.readout_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        extra["readout_optimizer"].step()
-        extra["readout_scheduler"].step()
+        state.readout_optimizer.step()
+        state.readout_scheduler.step()
         return loss.item()
 
     # ------------------------------------------------------------------ prediction
@@ -370,13 +388,13 @@ class ForwardForward(Learner):
         net.eval()
         try:
             if self.readout == "softmax":
-                _, neutral = self.forward_all(state, self.embed(x, None, state.extra["n_classes"]))
+                _, neutral = self.forward_all(state, self.embed(x, None, state.n_classes))
                 with torch.no_grad():
-                    return state.extra["readout"](self.readout_features(state, neutral))
+                    return state.readout(self.readout_features(state, neutral))
             g = self.goodness_over_labels(state, x)
             # Scores: goodness above threshold over temperature, summed over the readout blocks
             # (same argmax as the summed goodness of the paper's energy test).
-            thetas = state.extra["thresholds"]
+            thetas = state.thresholds
             return sum((g[i] - thetas[i]) / self.temperature for i in self.readout_blocks(net.n_blocks))
         finally:
             net.train(was_training)

@@ -50,7 +50,7 @@ def run(out_dir="demos", *, quick: bool = False, seed: int = 0) -> dict:
     result = fit(learner, {"preset": "mlp_small", "widths": [100, 100, 100]}, data, seed=seed,
                  loop=LoopConfig(n_epochs=2 if quick else 25, batch_size=32, progress=False), callbacks=[trace])
     n_blocks = result.state.network.n_blocks
-    thresholds = result.state.extra["thresholds"]
+    thresholds = result.state.thresholds
     fig, axes = plt.subplots(1, n_blocks + 1, figsize=(4 * (n_blocks + 1), 3.6))
     final = {}
     steps_per_epoch = result.run.info.steps_per_epoch

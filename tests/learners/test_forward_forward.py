@@ -108,7 +108,7 @@ def test_hard_negatives_follow_softmax_over_the_wrong_labels():
 def test_hard_negative_training_reads_the_readout_logits():
     learner, state = _state(negatives="hard")
     with torch.no_grad():
-        state.extra["readout"].weight.normal_(generator=torch.Generator().manual_seed(0))
+        state.readout.weight.normal_(generator=torch.Generator().manual_seed(0))
     x, y = _batch()
     state, metrics = learner.update(state, (x, y))
     assert all(math.isfinite(v) for v in metrics.values())
@@ -131,16 +131,16 @@ def test_goodness_readout_excludes_the_first_block_by_default():
     for first, blocks in [(1, [1, 2]), (0, [0, 1, 2])]:
         learner, state = _state(readout_first_block=first)
         g = learner.goodness_over_labels(state, x)
-        thetas = state.extra["thresholds"]
+        thetas = state.thresholds
         expected = sum(g[i] - thetas[i] for i in blocks)
         torch.testing.assert_close(learner.predict(state, x), expected)
 
 
 def test_softmax_readout_reads_blocks_after_the_first_by_default():
     learner, state = _state(readout="softmax")
-    assert state.extra["readout"].in_features == 24 + 16
+    assert state.readout.in_features == 24 + 16
     learner0, state0 = _state(readout="softmax", readout_first_block=0)
-    assert state0.extra["readout"].in_features == 32 + 24 + 16
+    assert state0.readout.in_features == 32 + 24 + 16
     x, _ = _batch()
     assert learner.predict(state, x).shape == (16, 4)
 
@@ -149,14 +149,14 @@ def test_readout_optimizer_has_its_own_settings():
     """Regression test for loeweX PR #7: the classifier was trained at the FF learning rate."""
     learner, state = _state(optimizer={"name": "sgd", "lr": 1e-3, "weight_decay": 3e-4},
                             readout_optimizer={"name": "sgd", "lr": 1e-2, "weight_decay": 3e-3})
-    (group,) = state.extra["readout_optimizer"].param_groups
+    (group,) = state.readout_optimizer.param_groups
     assert (group["lr"], group["weight_decay"]) == (1e-2, 3e-3)
-    assert group["params"] == [state.extra["readout"].weight]
-    for opt in state.extra["optimizers"]:
+    assert group["params"] == [state.readout.weight]
+    for opt in state.optimizers:
         assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (1e-3, 3e-4)
-    before = state.extra["readout"].weight.detach().clone()
+    before = state.readout.weight.detach().clone()
     learner.update(state, _batch())
-    assert not torch.equal(before, state.extra["readout"].weight)
+    assert not torch.equal(before, state.readout.weight)
 
 
 def test_fresh_block_goodness_is_about_half_the_threshold():
@@ -176,7 +176,7 @@ def test_peer_normalisation_statistic_has_the_block_width_and_reads_positives_on
         pos = learner._input(learner.embed(x, y, 4))
         expected = 0.9 * 0.5 + 0.1 * learner.activity(state.network, 0, pos).mean(0)
     learner.update(state, (x, y))
-    means = state.extra["running_means"]
+    means = state.running_means
     assert [tuple(m.shape) for m in means] == [(32,), (24,), (16,)]
     torch.testing.assert_close(means[0], expected)
 
