@@ -12,15 +12,11 @@ import math
 
 import torch
 
+from core.checks import check_choice  # noqa: F401 - the rules import it from here too
 from core.errors import ConfigError
 from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
 
 SCHEDULES = ("simultaneous", "greedy")
-
-
-def check_choice(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not known; allowed: {', '.join(map(str, allowed))}")
 
 
 def rms_normalize(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

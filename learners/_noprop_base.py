@@ -12,19 +12,10 @@ import torch
 from torch.nn import functional as F
 
 from core.errors import ConfigError
+from core.checks import check_choice, check_positive  # noqa: F401 - the variants import them from here
 from learners._noprop_blocks import EMBEDDINGS, NoPropModel, build_model
 from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
 from learners.base import Learner, TorchState, evaluating
-
-
-def check_choice(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not known; allowed: {', '.join(map(str, allowed))}")
-
-
-def check_positive(key: str, value, minimum=1) -> None:
-    if not value >= minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

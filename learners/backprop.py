@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from core.errors import ConfigError
+from core.checks import Range
 from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler, optimizer_step
 from learners._schedule_free import ScheduleFreeEval
 from learners.base import Learner, Tags, evaluating, register
@@ -43,13 +43,12 @@ class Backprop(Learner):
     tags = Tags(locality="global", crosses_blocks=True, backend="torch",
                 tasks=("classification", "regression"))
     contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
+    constraints = {"bn_refresh_batches": Range(0)}
     # tuned by experiments.tune, the same trial budget for every learner
     search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.schedule": Choice(("constant", "cosine"))}
 
     def init(self, network, data_info, seed):
         network = network.to(data_info.device)
-        if self.bn_refresh_batches < 0:
-            raise ConfigError(f"backprop.bn_refresh_batches must be >= 0, got {self.bn_refresh_batches}")
         opt = make_optimizer(network.parameters(), self.optimizer)
         # schedule-free optimisers bring their own warmup and need no schedule
         scheduler = None if is_schedule_free(opt) else make_scheduler(opt, self.optimizer, data_info.total_steps)

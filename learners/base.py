@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from core.checks import check_declared
 from core.errors import ConfigError, unknown_name
 
 LOCALITIES = ("global", "blockwise", "neuronwise")
@@ -68,9 +70,34 @@ class Learner:
     # a few seconds (sklearn's `_get_check_params` idea); empty means defaults.
     contract_params: ClassVar[dict] = {}
     contract_epochs: ClassVar[int] = 30
+    # The allowed values of hyperparameters, declared once (sklearn's parameter constraints): a
+    # field name or dotted path -> a tuple of choices or a core.checks.Range. `check_hyperparameters`
+    # (called by the loop before `init`) checks them all; checks that join several fields or the
+    # data stay in the rule's `init`.
+    constraints: ClassVar[dict] = {}
     # The few hyperparameters worth tuning, by dotted path, with their ranges (learners.search);
     # experiments.tune gives every learner the same trial budget over its own space.
     search_space: ClassVar[dict] = {}
+
+    def check_hyperparameters(self) -> None:
+        """Every declared constraint holds, or a one-line ConfigError names the key, value and allowed."""
+        check_declared(self.name, self, self.constraints)
+
+    def __init_subclass__(cls, **kwargs):
+        # every rule's own `init` starts with the declared checks, whoever calls it (the loop, a test,
+        # a wrapper); an override calling its parent's `init` checks once
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("init")
+        if own is None:
+            return
+
+        @functools.wraps(own)
+        def checked_init(self, network, data_info, seed):
+            if type(self).init is checked_init:
+                self.check_hyperparameters()
+            return own(self, network, data_info, seed)
+
+        cls.init = checked_init
 
     def init(self, network, data_info: DataInfo, seed: int):
         raise NotImplementedError

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.checks import Range
 from core.errors import ConfigError
 from learners._optim import SCHEDULE_FREE
 from learners.backprop import Backprop, BackpropState
@@ -48,12 +49,10 @@ class EWC(Backprop):
     gamma: float = 1.0                # decay of earlier tasks' Fisher (online EWC); 1 = sum
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch")
+    constraints = {**Backprop.constraints, "fisher": FISHERS, "ewc_lambda": Range(0), "fisher_samples": Range(1),
+                   "gamma": Range(0, 1)}
 
     def init(self, network, data_info, seed):
-        if self.fisher not in FISHERS:
-            raise ConfigError(f"ewc.fisher={self.fisher!r} is not known; allowed: {', '.join(FISHERS)}")
-        if self.ewc_lambda < 0:
-            raise ConfigError(f"ewc.ewc_lambda={self.ewc_lambda} must be >= 0")
         if self.optimizer.name in SCHEDULE_FREE:
             # its evaluated model is an average of the weights it trains; the Fisher and the anchor
             # would be taken at the training weights, and evaluation would not match backprop's

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checks import Range
 from core.errors import ConfigError
 from core.seeding import seed_stream
-from learners._ff_local import NORMALIZERS, SCHEDULES, block_optimizers, check_choice, make_block_schedule
+from learners._ff_local import NORMALIZERS, SCHEDULES, block_optimizers, make_block_schedule
 from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
 from learners.base import Learner, Tags, register
 from learners.search import LogUniform, Uniform
@@ -129,33 +130,23 @@ class ForwardForward(Learner):
     # tuned by experiments.tune, the same trial budget for every learner
     search_space = {"optimizer.lr": LogUniform(1e-4, 3e-2), "readout_optimizer.lr": LogUniform(1e-4, 3e-2),
                     "peer_norm_lambda": Uniform(0.0, 0.1)}
+    constraints = {"goodness": GOODNESS, "normalization": tuple(NORMALIZERS), "label_mode": LABEL_MODES,
+                   "negatives": NEGATIVES, "relu_grad": ("exact", "straight_through"), "readout": READOUTS,
+                   "schedule": SCHEDULES, "collaboration": COLLABORATION, "weight_init": ("network", "hinton"),
+                   "temperature": Range(0, low_open=True), "peer_norm_momentum": Range(0, 1),
+                   "readout_first_block": Range(0)}
 
     # ------------------------------------------------------------------ setup
 
     def _check(self, network, n_classes: int, n_inputs: int):
-        check_choice("forward_forward.goodness", self.goodness, GOODNESS)
-        check_choice("forward_forward.normalization", self.normalization, tuple(NORMALIZERS))
-        check_choice("forward_forward.label_mode", self.label_mode, LABEL_MODES)
-        check_choice("forward_forward.negatives", self.negatives, NEGATIVES)
-        check_choice("forward_forward.relu_grad", self.relu_grad, ("exact", "straight_through"))
-        check_choice("forward_forward.readout", self.readout, READOUTS)
-        check_choice("forward_forward.schedule", self.schedule, SCHEDULES)
-        check_choice("forward_forward.collaboration", self.collaboration, COLLABORATION)
-        check_choice("forward_forward.weight_init", self.weight_init, ("network", "hinton"))
         if network.spec.kind != "mlp":
             raise ConfigError(f"forward_forward trains MLPs only (labels are embedded in the flattened "
                               f"input); network.kind={network.spec.kind!r}")
         if self.relu_grad == "straight_through" and network.spec.activation != "relu":
             raise ConfigError(f"forward_forward.relu_grad=straight_through needs network.activation=relu, "
                               f"got {network.spec.activation!r}")
-        if not self.temperature > 0:
-            raise ConfigError(f"forward_forward.temperature must be positive, got {self.temperature}")
-        if not 0 <= self.peer_norm_momentum < 1:
-            raise ConfigError(f"forward_forward.peer_norm_momentum must be in [0, 1), got "
-                              f"{self.peer_norm_momentum}")
-        if self.readout_first_block < 0:
-            raise ConfigError(f"forward_forward.readout_first_block must be >= 0, got "
-                              f"{self.readout_first_block}")
+        if self.peer_norm_momentum >= 1:
+            raise ConfigError(f"forward_forward.peer_norm_momentum must be below 1, got {self.peer_norm_momentum}")
         if self.label_mode == "replace" and n_inputs <= n_classes:
             raise ConfigError(f"forward_forward.label_mode=replace overwrites the first {n_classes} of only "
                               f"{n_inputs} inputs; use label_mode=append for low-dimensional data")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checks import Range
 from core.errors import ConfigError
 from core.seeding import seed_stream
 from learners._lls_basis import WAVEFORMS, periodic_basis
@@ -125,21 +126,14 @@ class LLS(LayerwiseLearner):
 
     # ------------------------------------------------------------------ setup
 
+    constraints = {"variant": VARIANTS, "waveform": WAVEFORMS, "schedule": SCHEDULES,
+                   "temperature": Range(0, low_open=True), "first_conv_pool": Range(1), "conv_pool": Range(1),
+                   "reduced_rows": Range(1), "linear_pool": Range(0), "bn_refresh_batches": Range(0),
+                   "label_smoothing": Range(0, 1)}
+
     def _check(self):
-        for key, value, allowed in (("variant", self.variant, VARIANTS), ("waveform", self.waveform, WAVEFORMS),
-                                    ("schedule", self.schedule, SCHEDULES)):
-            if value not in allowed:
-                raise ConfigError(f"lls.{key}={value!r} is not known; allowed: {', '.join(allowed)}")
-        if not self.temperature > 0:
-            raise ConfigError(f"lls.temperature must be positive, got {self.temperature}")
-        for key in ("first_conv_pool", "conv_pool", "reduced_rows"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"lls.{key} must be >= 1, got {getattr(self, key)}")
-        if self.linear_pool < 0 or self.bn_refresh_batches < 0:
-            raise ConfigError(f"lls.linear_pool and lls.bn_refresh_batches must be >= 0, got "
-                              f"{self.linear_pool}, {self.bn_refresh_batches}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"lls.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing >= 1:
+            raise ConfigError(f"lls.label_smoothing must be below 1, got {self.label_smoothing}")
 
     def pool_sizes(self, network) -> list[int]:
         """s per block: first_conv_pool for the first conv block, conv_pool for later ones,

@@ -22,7 +22,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.seeding import seed_stream
-from learners._ff_local import SCHEDULES, block_optimizers, check_choice, make_block_schedule
+from learners._ff_local import SCHEDULES, block_optimizers, make_block_schedule
 from learners._optim import OptimizerConfig, optimizer_step
 from learners.base import LayerwiseLearner, Tags, evaluating, register
 from learners.search import Choice, LogUniform
@@ -55,14 +55,13 @@ class MonoForward(LayerwiseLearner):
     tags = Tags(locality="blockwise", crosses_blocks=False, backend="torch", supports_conv=True)
     contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
     contract_epochs = 30
+    constraints = {"schedule": SCHEDULES, "conv_features": ("pool", "flatten")}
     # tuned by experiments.tune, the same trial budget for every learner
     search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.schedule": Choice(("constant", "cosine"))}
 
     # ------------------------------------------------------------------ setup
 
     def _check(self, n_blocks: int) -> int | None:
-        check_choice("mono_forward.schedule", self.schedule, SCHEDULES)
-        check_choice("mono_forward.conv_features", self.conv_features, ("pool", "flatten"))
         if self.predict_from in ("last", "sum"):
             return None
         if self.predict_from.startswith("block="):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from core.checks import check_choice
 from core.errors import ConfigError
 
 KINDS = ("mlp", "convnet")
@@ -49,10 +50,10 @@ class NetworkSpec:
             object.__setattr__(self, name, tuple(int(v) for v in (value or ())))
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
-        _check_choice("network.kind", self.kind, KINDS)
-        _check_choice("network.activation", self.activation, ACTIVATIONS)
-        _check_choice("network.init", self.init, INITS)
-        _check_choice("network.pool_type", self.pool_type, ("max", "avg"))
+        check_choice("network.kind", self.kind, KINDS)
+        check_choice("network.activation", self.activation, ACTIVATIONS)
+        check_choice("network.init", self.init, INITS)
+        check_choice("network.pool_type", self.pool_type, ("max", "avg"))
         if self.kind == "mlp" and self.channels:
             raise ConfigError(f"network.channels={list(self.channels)} is only for kind=convnet; "
                               "an MLP takes its hidden sizes in network.widths")
@@ -100,7 +101,3 @@ def _numel(shape) -> int:
         n *= int(s)
     return n
 
-
-def _check_choice(key, value, allowed):
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not known; allowed: {', '.join(allowed)}")

@@ -89,3 +89,27 @@ def test_block_metrics_are_recorded_along_the_block_dim_and_it_learns(capsys):
     assert float(res["block_loss"][-1, 0]) < float(res["block_loss"][0, 0])
     assert float(res["accuracy"].sel(split="test")[-1]) > 0.9
     assert "local_probes" in capsys.readouterr().err  # the progress bar names the learner
+
+
+def test_declared_constraints_are_checked_by_the_base_class_before_any_init():
+    """A rule declares its allowed values once; the base class checks them when the rule's own init is
+    called, whoever calls it, and once for an override that calls its parent's init (EWC on backprop)."""
+    import pytest
+
+    from core.errors import ConfigError
+    from learners import make_learner
+    from learners.base import DataInfo
+    from networks import build, get_preset
+    net = build(get_preset("mlp_small").resolve((4,), 3), 0)
+    info = DataInfo(input_shape=(4,), n_classes=3, n_train=10)
+    with pytest.raises(ConfigError, match=r"^ewc.fisher='nope' is not known; allowed: empirical, true$"):
+        make_learner("ewc", fisher="nope").init(net, info, 0)
+    with pytest.raises(ConfigError, match=r"^ewc.bn_refresh_batches=-2 is out of range; allowed: >= 0$"):
+        make_learner("ewc", bn_refresh_batches=-2).init(net, info, 0)   # the parent's constraint, inherited
+    with pytest.raises(ConfigError, match=r"^forward_forward.peer_norm_momentum=2.0 is out of range"):
+        make_learner("forward_forward", peer_norm_momentum=2.0).init(net, info, 0)
+    calls = []
+    learner = make_learner("ewc")
+    object.__setattr__(learner, "check_hyperparameters", lambda: calls.append(1))
+    learner.init(net, info, 0)
+    assert calls == [1]

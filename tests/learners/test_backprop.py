@@ -82,5 +82,5 @@ def test_schedule_free_with_a_schedule_is_a_clear_error():
 
 
 def test_negative_refresh_count_is_a_clear_error():
-    with pytest.raises(ConfigError, match="backprop.bn_refresh_batches must be >= 0"):
+    with pytest.raises(ConfigError, match="backprop.bn_refresh_batches=-1 is out of range; allowed: >= 0"):
         _state({"name": "adam"}, bn_refresh_batches=-1)

@@ -297,8 +297,8 @@ def test_plain_adamw_evaluates_the_weights_it_trains():
 @pytest.mark.parametrize("params,match", [
     ({"variant": "lls_x"}, "lls.variant='lls_x'.*lls, lls_m, lls_mxm"),
     ({"schedule": "sometimes"}, "lls.schedule='sometimes'.*simultaneous, greedy"),
-    ({"temperature": 0.0}, "lls.temperature must be positive"),
-    ({"conv_pool": 0}, "lls.conv_pool must be >= 1"),
+    ({"temperature": 0.0}, "lls.temperature=0.0 is out of range; allowed: > 0"),
+    ({"conv_pool": 0}, "lls.conv_pool=0 is out of range; allowed: >= 1"),
     ({"optimizer": {"name": "adamw_schedulefree", "schedule": "cosine"}}, "replaces the schedule"),
 ])
 def test_bad_hyperparameters_are_clear_errors(params, match):
