@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from experiments.errors import ConfigError
+from core.errors import ConfigError
 from learners._noprop_base import NoPropBase, check_choice, check_positive, softmax_mix
 from learners._noprop_schedules import (cosine_alpha_bar, kl_to_standard_normal, posterior_coefficients,
                                         sample_marginal, snr)

@@ -24,7 +24,7 @@ DEMOS = {
 def get_demo(name: str):
     """The demo module ``name``; a clear error naming the known demos otherwise."""
     if name not in DEMOS:
-        from experiments.errors import ConfigError
+        from core.errors import ConfigError
         raise ConfigError(f"unknown demo {name!r}; known demos: {', '.join(DEMOS)}")
     return importlib.import_module(f"experiments.demos.{name}")
 
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         for name, what in DEMOS.items():
             print(f"  {name:16s} {what}")
         return 0 if argv else 2
-    from experiments.errors import AltlearnError
+    from core.errors import AltlearnError
     try:
         return get_demo(argv[0]).main(argv[1:])
     except AltlearnError as err:
