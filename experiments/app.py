@@ -271,8 +271,11 @@ def _run_all(cfg: DictConfig, out_dir: Path) -> None:
     failures = []
     for i, name in enumerate(names):
         print(f"== [{i + 1}/{len(names)}] {name}", file=sys.stderr, flush=True)
+        params = learner_config(name, cfg)
+        if cfg.get("all_overrides") and name in cfg.all_overrides:
+            params = OmegaConf.to_container(OmegaConf.merge(params, cfg.all_overrides[name]), resolve=True)
         try:
-            run_one(cfg, learner_config(name, cfg), out_dir / name, swept_coords(cfg), data=data)
+            run_one(cfg, params, out_dir / name, swept_coords(cfg), data=data)
         except Exception as err:  # noqa: BLE001 - one failing rule must not cost the others' results
             _record_failure(err, out_dir / name, name, overrides)
             failures.append(name)

@@ -64,3 +64,17 @@ def test_every_registered_learner_has_a_config_file():
     for name in available_learners():
         assert (CONFIG_DIR / "learner" / f"{name}.yaml").is_file(), name
         assert learner_config(name)["name"] == name
+
+
+def test_the_default_runs_own_adjustments_name_real_learners_and_hyperparameters():
+    """all_overrides (the no-argument run's adjustments) apply on top of the learner's own config and
+    make a valid learner; a single-learner run ignores them."""
+    cfg = _compose([])
+    assert cfg.all_overrides, "the default run makes no adjustments: drop this test with the key"
+    for name, extra in cfg.all_overrides.items():
+        params = OmegaConf.to_container(OmegaConf.merge(learner_config(name, cfg), extra), resolve=True)
+        params.pop("name")
+        make_learner(name, **params)
+    single = _compose(["learner=noprop_dt"])
+    params = learner_config("noprop_dt", single)
+    assert params["block_schedule"] != cfg.all_overrides.noprop_dt.block_schedule
