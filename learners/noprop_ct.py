@@ -98,6 +98,14 @@ class NoPropCT(NoPropBase):
         # One shared network: its weight layers are the blocks the contract suite perturbs.
         return [list(m.parameters()) for m in state.network.blocks[0].weight_layers()]
 
+    def time_weight(self, snr_t: torch.Tensor, snr_prime: torch.Tensor, span=None) -> torch.Tensor:
+        """The weight of ‖û − u_y‖² at the sampled t: SNR'(t) (Eq. 9, ``weighting: snr``) or
+        d log SNR / dt = SNR'(t) / SNR(t) = −γ'(t) (``log_snr``), differentiable in ψ either way;
+        divided by the sampling density p(t) = SNR'(t) / span (held fixed) when t was drawn with
+        SNR uniform (``span`` = SNR(1) − SNR(0))."""
+        weight = snr_prime if self.weighting == "snr" else snr_prime / snr_t
+        return weight if span is None else weight * (span / snr_prime.detach())
+
     def loss(self, state, x, y, gen):
         model = state.network
         u = model.embedding(y)
@@ -107,11 +115,7 @@ class NoPropCT(NoPropBase):
         if self.time_sampling == "snr":
             t, span = times_uniform_in_snr(model.schedule, t)
         snr_t, snr_prime = model.schedule.snr_and_derivative(t)
-        # SNR'(t) (Eq. 9) or d log SNR / dt = SNR'(t) / SNR(t) = −γ'(t), differentiable in ψ either way
-        weight = snr_prime if self.weighting == "snr" else snr_prime / snr_t
-        if span is not None:
-            # importance sampling divides by the density p(t) = SNR'(t) / span, held fixed
-            weight = weight * (span / snr_prime.detach())
+        weight = self.time_weight(snr_t, snr_prime, span)
         alpha_bar_t = (snr_t / (1 + snr_t)).unsqueeze(1)
         z_t = sample_marginal(u, alpha_bar_t, gen)
         u_hat = softmax_mix(model.blocks[0](x, z_t, t), model.embedding.weight)

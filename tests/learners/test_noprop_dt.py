@@ -189,3 +189,28 @@ def test_two_class_problem_in_seconds():
                                       optimizer={"name": "adamw", "lr": 0.01})
     train_steps(learner, state, x, y, epochs=10)
     assert accuracy(learner, state, x_test, y_test) > 0.9
+
+
+@pytest.mark.parametrize("schedule,steps", [("all", 3), ("random", 1)])
+def test_head_and_embedding_step_once_per_block_loss(schedule, steps):
+    """Algorithm 1 steps {θ_t, θ_out, W_Embed} after each L_t: θ_out and W_Embed take T steps per
+    batch with every block trained, the blocks one step each (together, on their own L_t)."""
+    learner, state, x, y = make_state("noprop_dt", n_blocks=3, embedding="learned", block_schedule=schedule)
+    block_opt, shared_opt = state.extra["optimizers"]
+    block_params = {id(p) for p in state.network.blocks.parameters()}
+    assert {id(p) for g in block_opt.param_groups for p in g["params"]} == block_params
+    shared = {id(p) for g in shared_opt.param_groups for p in g["params"]}
+    assert shared == {id(p) for p in state.network.parameters()} - block_params
+    assert id(state.network.embedding.weight) in shared and id(state.network.classifier.weight) in shared
+    counts = {"blocks": 0, "shared": 0}
+    for key, opt in (("blocks", block_opt), ("shared", shared_opt)):
+        opt.register_step_post_hook(lambda *_, key=key: counts.__setitem__(key, counts[key] + 1))
+    learner.update(state, (x, y))
+    assert counts == {"blocks": 1, "shared": steps}
+
+
+@pytest.mark.parametrize("name", ["noprop_dt", "noprop_ct", "noprop_fm"])
+def test_output_head_starts_at_zero(name):
+    """θ_out starts neutral, so its argmax follows z_T from the first steps (docs/noprop.md)."""
+    _, state, _, _ = make_state(name)
+    assert not state.network.classifier.weight.any() and not state.network.classifier.bias.any()
