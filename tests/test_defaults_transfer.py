@@ -39,22 +39,19 @@ N_TRAIN_SLOW = 256
 SLOW_LEARNERS = ("particle_swarm", "gradient_boosting")
 
 # setting: (dataset, network, epochs, training images). digits is the default run's data and network
-# (its 1294 training images, 5 of the default run's 20 epochs); the MNIST-like sets take one epoch of
-# the default batch (32): 63 steps with 2000 images.
+# (all 1437 training images); the MNIST-like sets take one epoch of the default batch (32): 63 steps
+# with 2000 images, 32 on smallconv, where a NoProp-DT step trains ten conv nets.
 SETTINGS = {
     "digits-mlp_small": ("digits", "mlp_small", 5, None),
     "mnist-mlp_2x1000": ("mnist", "mlp_2x1000", 1, 2000),
     "mnist-mlp_3x1000": ("mnist", "mlp_3x1000", 1, 2000),
     "fashion_mnist-mlp_2x1000": ("fashion_mnist", "mlp_2x1000", 1, 2000),
     "fashion_mnist-mlp_3x1000": ("fashion_mnist", "mlp_3x1000", 1, 2000),
-    "mnist-smallconv": ("mnist", "smallconv", 1, 2000),
+    "mnist-smallconv": ("mnist", "smallconv", 1, 1000),
 }
-# 10 classes everywhere: chance is 10%. At these budgets backprop reaches about 95% (digits), 89%
-# (MNIST) and 70% (Fashion-MNIST), the slowest (NoProp-FM, the particle swarm on its 256 images, LLS
-# and NoProp-CT on mlp_3x1000) 45-55% on the MNIST-like sets. Defaults that did not suit wide layers
-# sat at 9-26% there (NoProp-DT/CT at chance, forward-forward with Adam 3e-3 at 22-26% on MNIST).
-# The bar, 3.5x chance, fails those and leaves the slow ones 10 points of margin.
-MIN_ACCURACY = {"digits": 0.5, "mnist": 0.35, "fashion_mnist": 0.35}
+# 10 classes everywhere: chance is 10%. Backprop reaches about 90% (MNIST) and 75-80% (Fashion-MNIST)
+# at these budgets; a rule stuck at chance or barely off it fails, a slow one passes.
+MIN_ACCURACY = {"digits": 0.5, "mnist": 0.4, "fashion_mnist": 0.4}
 
 CLASSIFIERS = [n for n in available_learners() if "classification" in get_learner_class(n).tags.tasks]
 
@@ -82,12 +79,12 @@ def _marks(name: str, setting: str) -> list:
     if name == "drtp" and network in ("mlp_2x1000", "mlp_3x1000"):
         # DRTP's signal for a sample never shrinks, so ReLU activity without batch norm grows without
         # bound (docs/feedback_alignment.md, "Activations"; the paper uses tanh), and the wide ReLU
-        # presets have neither: one epoch reaches 36% (mlp_2x1000, at the bar) and 10-22%
-        # (mlp_3x1000). No setting of the learner alone (Adam 3e-5 to 1e-3, L2 1e-3 to 1e-1, SGD,
-        # the three feedback inits) took mnist-mlp_3x1000 past 29% validation accuracy; it learns on
-        # mlp_small and with batch norm (smallconv: 83%). Not strict: on mlp_2x1000 it sits at the bar.
-        return [pytest.mark.xfail(strict=False, reason="DRTP with ReLU and no batch norm: activity grows "
-                                                       "without bound (docs/feedback_alignment.md)")]
+        # presets have neither. No setting of the learner alone (Adam 3e-5 to 1e-3, L2 1e-3 to 1e-1,
+        # SGD, the three feedback inits) took one epoch on mnist-mlp_3x1000 past 29% validation
+        # accuracy (47% on mlp_2x1000); it learns on mlp_small and with batch norm (smallconv).
+        # Strict: the day its defaults learn here, this mark must go.
+        return [pytest.mark.xfail(strict=True, reason="DRTP with ReLU and no batch norm: activity grows "
+                                                      "without bound (docs/feedback_alignment.md)")]
     return []
 
 
