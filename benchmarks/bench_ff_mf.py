@@ -1,6 +1,6 @@
 """Training throughput, effective FLOP/s and peak memory of forward-forward and mono-forward beside backprop.
 
-    ALTLEARN_DATA=/work/shared/data python -m benchmarks.bench_ff_mf --threads 1 --steps 60
+    ALTLEARN_DATA=/path/to/data python -m benchmarks.bench_ff_mf --threads 1 --steps 60
 
 For each learner: ``--steps`` timed training steps (after ``--warmup`` untimed ones) on MNIST batches,
 one learner per subprocess so that peak memory (malloc's bytes in use above the level after data and network are
@@ -44,7 +44,8 @@ CASES = [
 def _ff_params():
     """The learner settings of experiment=reproduce_ff_mnist (read from the committed config)."""
     from omegaconf import OmegaConf
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "experiments/configs/experiment/reproduce_ff_mnist.yaml")
+    configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    cfg = OmegaConf.load(configs / "reproduce" / "experiment" / "reproduce_ff_mnist.yaml")
     return OmegaConf.to_container(cfg.learner, resolve=True)
 
 

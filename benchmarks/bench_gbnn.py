@@ -72,8 +72,9 @@ def fit_ours(settings, seed, data, kernel, step_init="glorot"):
     from learners import make_learner
     from learners.base import DataInfo
     from networks import build, get_preset
+    # the reference's sklearn weak learners: alpha 1e-4
     learner = make_learner("gradient_boosting", kernel=kernel, step_lr=settings.get("step_lr", 0.01),
-                           step_init=step_init,
+                           step_init=step_init, step_l2=settings.get("step_l2", 1e-4),
                            **{k: settings[k] for k in ("n_units", "units_per_step", "shrinkage", "subsample",
                                                        "step_iterations")})
     spec = get_preset("mlp_small").resolve(data.input_shape, data.n_classes)

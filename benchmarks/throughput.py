@@ -10,7 +10,7 @@ faster, so both are measured and each contender is compared with MLPClassifier o
 
 against the fp32 matrix-multiply peak measured in the same run.
 
-    ALTLEARN_DATA=../shared/data python -m benchmarks.throughput --threads 2 --epochs 3 --rounds 2
+    ALTLEARN_DATA=/path/to/data python -m benchmarks.throughput --threads 2 --epochs 3 --rounds 2
 
 Writes benchmarks/results/throughput.md. The first epoch of each run is a warm-up and is not timed.
 """

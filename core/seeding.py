@@ -12,6 +12,8 @@ import zlib
 import numpy as np
 
 
-def seed_stream(seed: int, name: str) -> int:
-    """A 32-bit seed for the stream ``name`` of a run seeded with ``seed``."""
-    return int(np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]).generate_state(1)[0])
+def seed_stream(seed: int, name: str, *keys: int) -> int:
+    """A 32-bit seed for the stream ``name`` of a run seeded with ``seed``; ``keys`` (such as the step)
+    index independent sub-streams, so a generator can be rebuilt from the run's position alone."""
+    entropy = [int(seed), zlib.crc32(name.encode()), *(int(k) for k in keys)]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])

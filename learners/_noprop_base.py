@@ -12,10 +12,24 @@ import torch
 from torch.nn import functional as F
 
 from core.errors import ConfigError
+from core.seeding import seed_stream
 from core.checks import check_choice, check_positive  # noqa: F401 - the variants import them from here
 from learners._noprop_blocks import EMBEDDINGS, NoPropModel, build_model
-from learners._optim import OptimizerConfig, make_optimizer, make_scheduler
-from learners.base import Learner, TorchState, evaluating
+from learners._optim import OptimizerConfig, make_optimizer, make_scheduler, optimizer_step
+from learners.base import Learner, evaluating
+
+@dataclass
+class NoPropState:
+    """A NoProp run: the model, one optimiser and schedule per parameter group (in the order the
+    update steps them), and what rebuilds its random streams."""
+
+    network: NoPropModel
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list
+    seed: int
+    total_steps: int
+    prototypes_set: bool
+    step: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,62 +72,79 @@ class NoPropBase(Learner):
                            head_widths=self.head_widths, batch_norm=self.batch_norm, **kwargs)
 
     def make_state(self, model: NoPropModel, data_info, seed: int, param_groups: list[list[torch.Tensor]],
-                   **extra) -> TorchState:
-        """One optimiser (and schedule) per parameter group, in the order the update steps them."""
+                   state_type: type[NoPropState] = NoPropState, **fields) -> NoPropState:
+        """One optimiser (and schedule) per parameter group, in the order the update steps them;
+        ``fields`` fill what a variant's ``state_type`` adds."""
         model = model.to(data_info.device)
         optimizers = [fast_optimizer(group, self.optimizer) for group in param_groups]
         schedulers = [make_scheduler(opt, self.optimizer, data_info.total_steps) for opt in optimizers]
-        return TorchState(network=model, extra={
-            "optimizers": optimizers, "schedulers": schedulers, "seed": int(seed),
-            "total_steps": int(data_info.total_steps), "prototypes_set": self.embedding != "prototype",
-            **extra})
+        return state_type(network=model, optimizers=optimizers, schedulers=schedulers, seed=int(seed),
+                          total_steps=int(data_info.total_steps),
+                          prototypes_set=self.embedding != "prototype", **fields)
+
+    def trainable_modules(self, state: NoPropState) -> list[torch.nn.Module]:
+        return [state.network]
+
+    def optimizers(self, state: NoPropState) -> list[torch.optim.Optimizer]:
+        return list(state.optimizers)
 
     # --------------------------------------------------------------- randomness
     @staticmethod
-    def generator(state, purpose: int, device) -> torch.Generator:
+    def generator(state: NoPropState, purpose: str, device) -> torch.Generator:
         """A generator determined by (seed, step, purpose): the state stays a pure record."""
         gen = torch.Generator(device=device)
-        gen.manual_seed((state.extra["seed"] * 1_000_003 + state.step) * 8 + purpose)
+        gen.manual_seed(seed_stream(state.seed, f"noprop.{purpose}", state.step))
         return gen
 
-    def begin_update(self, state, x, y) -> torch.Generator:
-        if not state.extra["prototypes_set"]:
+    def begin_update(self, state: NoPropState, x, y) -> torch.Generator:
+        if not state.prototypes_set:
             # Departure (§2.2.1): the paper picks each class's prototype from the whole training set;
             # a learner only sees batches, so the first batch's most central image per class is used.
             state.network.embedding.set_prototypes(x, y)
-            state.extra["prototypes_set"] = True
+            state.prototypes_set = True
         state.network.train()
-        return self.generator(state, 0, x.device)
+        return self.generator(state, "update", x.device)
 
-    def end_update(self, state) -> None:
-        for sched in state.extra["schedulers"]:
+    def end_update(self, state: NoPropState) -> None:
+        for sched in state.schedulers:
             sched.step()
         state.step += 1
 
-    def step_group(self, state, index: int, loss: torch.Tensor) -> None:
-        opt = state.extra["optimizers"][index]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step_group(self, state: NoPropState, index: int, loss: torch.Tensor) -> None:
+        optimizer_step(state.optimizers[index], loss)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, state: NoPropState, x, y, gen) -> tuple[torch.Tensor, dict[str, float]]:
+        """The variant's whole objective on a batch and its parts (CT, FM, the backprop baseline)."""
+        raise NotImplementedError
+
+    def update(self, state: NoPropState, batch):
+        """One step of the one parameter group on the variant's loss (DT steps its blocks apart)."""
+        x, y = batch
+        gen = self.begin_update(state, x, y)
+        loss, metrics = self.loss(state, x, y, gen)
+        self.step_group(state, 0, loss)
+        self.end_update(state)
+        return state, {"loss": loss.item(), **metrics}
 
     # --------------------------------------------------------------- inference
     def final_evaluation(self, state) -> bool:
         """True once training is over: CT/FM then integrate with their full step count."""
-        return state.step >= state.extra["total_steps"]
+        return state.step >= state.total_steps
 
     def sample_scores(self, state, x, gen, **kwargs) -> torch.Tensor:
         """Class scores (log-probabilities) of one stochastic inference run."""
         raise NotImplementedError
 
     def predict(self, state, x):
-        gen = self.generator(state, 1, x.device)
+        gen = self.generator(state, "predict", x.device)
         with evaluating(state.network):
             probs = sum(self.sample_scores(state, x, gen).softmax(1) for _ in range(self.inference_runs))
         return torch.log(probs / self.inference_runs + 1e-12)
 
     def run_spread(self, state, x, y, **kwargs) -> dict[str, list[float]]:
         """Mean and spread of accuracy over ``inference_runs`` single runs (paper Table 1 averages 5)."""
-        gen = self.generator(state, 2, x.device)
+        gen = self.generator(state, "spread", x.device)
         with evaluating(state.network):
             accs = torch.tensor([(self.sample_scores(state, x, gen, **kwargs).argmax(1) == y).float().mean().item()
                                  for _ in range(self.inference_runs)])

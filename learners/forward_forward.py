@@ -109,18 +109,21 @@ class ForwardForward(Learner):
     peer_norm_lambda: float = 0.03           # 0 disables peer normalisation
     peer_norm_momentum: float = 0.9
     relu_grad: str = "exact"                 # exact | straight_through (loeweX ReLU_full_grad)
-    readout: str = "goodness"                # goodness (all labels) | softmax (neutral label)
+    # softmax: on 64-unit blocks the goodness of one block is a weak classifier (digits: 91% vs 97%)
+    readout: str = "softmax"                 # softmax (neutral label) | goodness (all labels; the paper's)
     readout_first_block: int = 1             # both readouts use blocks >= this (the paper skips block 0)
     schedule: str = "simultaneous"           # simultaneous | greedy
     epochs_per_block: int | None = None      # greedy: epochs per block; null = an equal share of the run
     collaboration: str = "none"              # none | all | previous (Collaborative FF)
     weight_init: str = "network"             # network (the spec's seeded init) | hinton: N(0, 1/fan_in), b=0
     probe_max_samples: int = 2000            # per-block goodness accuracy is measured on at most this many
-    # loeweX config.yaml: SGD lr 1e-3, momentum 0.9, weight decay 3e-4; classifier lr 1e-2, wd 3e-3.
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
-        name="sgd", lr=1e-3, momentum=0.9, weight_decay=3e-4))
-    readout_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
-        name="sgd", lr=1e-2, momentum=0.9, weight_decay=3e-3))
+    # Departure from loeweX's config.yaml (SGD lr 1e-3, momentum 0.9, weight decay 3e-4; classifier lr
+    # 1e-2, wd 3e-3; experiment=reproduce_ff_mnist keeps it): Adam at 3e-4 for the blocks and 1e-2 for
+    # the readout learn on every dataset and network preset. With 3e-3 for both, 1000-unit blocks barely
+    # learn: one epoch on 3000 MNIST images reached 25% (2x1000) and 22% (3x1000) validation accuracy,
+    # against 77% and 78% with these.
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=3e-4))
+    readout_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-2))
 
     tags = Tags(locality="blockwise", crosses_blocks=False, backend="torch", supports_conv=False)
     contract_params = {"label_mode": "append", "readout_first_block": 0, "peer_norm_lambda": 0.0,

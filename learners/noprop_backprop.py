@@ -58,13 +58,8 @@ class NoPropBackprop(NoPropBase):
             z = (1 - alpha[t]) * z + alpha[t] * softmax_mix(logits, W)   # Eq. 18
         return logits
 
-    def update(self, state, batch):
-        x, y = batch
-        gen = self.begin_update(state, x, y)
-        loss = F.cross_entropy(self.logits(state, x, gen), y)
-        self.step_group(state, 0, loss)
-        self.end_update(state)
-        return state, {"loss": loss.item()}
+    def loss(self, state, x, y, gen):
+        return F.cross_entropy(self.logits(state, x, gen), y), {}
 
     def sample_scores(self, state, x, gen, **kwargs):
         return F.log_softmax(self.logits(state, x, gen), dim=1)

@@ -12,7 +12,7 @@ Inference integrates from noise on an ``inference_steps`` grid (paper: 1000).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
@@ -21,6 +21,7 @@ from core.errors import ConfigError
 from learners._noprop_base import NoPropBase, check_choice, check_positive, softmax_mix
 from learners._noprop_schedules import (LearnedSchedule, kl_to_standard_normal, posterior_coefficients,
                                         sample_marginal, times_uniform_in_snr)
+from learners._optim import OptimizerConfig
 from learners.base import Tags, register
 from learners.search import LogUniform
 
@@ -65,9 +66,16 @@ class NoPropCT(NoPropBase):
     # the denoiser's accuracy at t = 0 reached 45% with SNR'(t) (50% with t sampled uniform in
     # SNR) and 80% with −γ'(t), the chain 46-51% and 77-80% (validation). "snr" is the paper's.
     weighting: str = "log_snr"
-    inference_steps: int = 1000
-    eval_steps: int = 20
+    # Departure: the paper integrates 1000 steps; 100 (and 10 for the per-epoch evaluations) keep the
+    # quick run quick, and on Fashion-MNIST (mlp_3x1000) 10, 100 and 1000 steps were within 2 points
+    # of each other. The experiments set 1000.
+    inference_steps: int = 100
+    eval_steps: int = 10
     batch_norm: bool | None = False
+    # Departure: a cosine decay of the lr over the run (the paper names no schedule). Fashion-MNIST,
+    # 10000 images, 3 epochs of batch 64, mlp_3x1000: 80.9% test with it, 71.8% with a constant lr.
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
+        name="adam", lr=1e-3, weight_decay=1e-3, schedule="cosine"))
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch")
     # a cosine decay: with a constant lr the one shared network still wobbled on xor at epoch 20
@@ -126,14 +134,6 @@ class NoPropCT(NoPropBase):
         kl = kl_to_standard_normal(u, ends[0]).mean()
         return ce + kl + denoise, {"denoise_loss": sq_err.mean().item(), "ce": ce.item(),
                                    "alpha_bar_0": ends[0].item(), "alpha_bar_1": ends[1].item()}
-
-    def update(self, state, batch):
-        x, y = batch
-        gen = self.begin_update(state, x, y)
-        loss, metrics = self.loss(state, x, y, gen)
-        self.step_group(state, 0, loss)
-        self.end_update(state)
-        return state, {"loss": loss.item(), **metrics}
 
     def sample_scores(self, state, x, gen, steps: int | None = None):
         model = state.network

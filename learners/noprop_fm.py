@@ -34,8 +34,11 @@ class NoPropFM(NoPropBase):
     anchor: bool | None = None
     time_dim: int = 32
     integrator: str = "euler"
-    inference_steps: int = 1000
-    eval_steps: int = 20
+    # Departure: the paper integrates 1000 steps; 100 (and 10 for the per-epoch evaluations) keep the
+    # quick run quick, and on Fashion-MNIST (mlp_3x1000) 10, 100 and 1000 steps were within 2 points
+    # of each other. The experiments set 1000.
+    inference_steps: int = 100
+    eval_steps: int = 10
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch")
     contract_params = {"optimizer": {"name": "adam", "lr": 0.005, "weight_decay": 1e-3}, "inference_steps": 50}
@@ -81,14 +84,6 @@ class NoPropFM(NoPropBase):
         ce = F.cross_entropy(model.classifier(z1_tilde), y)
         metrics["ce"] = ce.item()
         return flow + ce, metrics
-
-    def update(self, state, batch):
-        x, y = batch
-        gen = self.begin_update(state, x, y)
-        loss, metrics = self.loss(state, x, y, gen)
-        self.step_group(state, 0, loss)
-        self.end_update(state)
-        return state, {"loss": loss.item(), **metrics}
 
     def integrate(self, state, x, gen, steps: int, field=None) -> torch.Tensor:
         """z_1 from z_0 ~ N(0, I) along dz/dt = field(z, t) (default: the learned v̂)."""

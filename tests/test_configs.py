@@ -10,8 +10,13 @@ from experiments.datasets import _LOADERS
 from experiments.fit import LoopConfig, as_spec
 from learners import available_learners, make_learner
 
+# The experiment configs live in purpose folders, <purpose>/experiment/<name>.yaml, each a root on
+# config.yaml's hydra.searchpath (pkg://experiments.configs.<purpose>).
+SEARCHPATH = OmegaConf.load(CONFIG_DIR / "config.yaml").hydra.searchpath
+EXPERIMENT_FILES = sorted(CONFIG_DIR.glob("*/experiment/*.yaml"))
 GROUP_FILES = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml"))
-               for g in ("learner", "network", "data", "loop", "experiment", "sweep")}
+               for g in ("learner", "network", "data", "loop", "sweep")}
+GROUP_FILES["experiment"] = sorted(p.stem for p in EXPERIMENT_FILES)
 
 
 def _compose(overrides):
@@ -51,7 +56,33 @@ def test_every_group_option_composes_and_instantiates(group, option):
 
 @pytest.mark.parametrize("experiment", GROUP_FILES["experiment"])
 def test_every_experiment_composes_and_instantiates(experiment):
-    _check(_compose([f"experiment={experiment}"]))
+    cfg = _compose([f"experiment={experiment}"])
+    assert cfg.hydra.runtime.choices.experiment == experiment
+    _check(cfg)
+
+
+def test_experiment_configs_are_found_in_their_purpose_folders():
+    purposes = sorted({p.parent.parent.name for p in EXPERIMENT_FILES})
+    assert len(EXPERIMENT_FILES) >= 40 and {"reproduce", "compare", "continual", "select", "benchmark"} <= set(purposes)
+    assert not list((CONFIG_DIR / "experiment").glob("*.yaml")), "experiment configs go in a purpose folder"
+
+
+def test_every_purpose_folder_is_on_the_search_path_and_holds_only_experiments():
+    purposes = sorted({p.parent.parent.name for p in EXPERIMENT_FILES})
+    assert sorted(SEARCHPATH) == sorted(f"pkg://experiments.configs.{p}" for p in purposes)
+    for purpose in purposes:
+        root = CONFIG_DIR / purpose
+        assert (root / "__init__.py").is_file(), f"{root}: pkg:// needs a package"
+        assert sorted(c.name for c in root.iterdir() if c.name != "__pycache__") == ["__init__.py", "experiment"], root
+
+
+def test_every_experiment_name_is_unique_across_purpose_folders():
+    """Hydra merges the experiment group over the search path: a second file of the same name would
+    be shadowed silently by the first root that holds it."""
+    seen = {}
+    for path in EXPERIMENT_FILES:
+        assert path.stem not in seen, f"experiment={path.stem} in both {seen[path.stem]} and {path}"
+        seen[path.stem] = path
 
 
 @pytest.mark.parametrize("sweep", GROUP_FILES["sweep"])
@@ -66,6 +97,17 @@ def test_every_registered_learner_has_a_config_file():
         assert learner_config(name)["name"] == name
 
 
+@pytest.mark.parametrize("name", available_learners())
+def test_every_learner_yaml_lists_its_class_defaults(name):
+    """learner/<name>.yaml is the class's defaults, every field and nothing else: ``altlearn
+    learner=<name>`` and ``make_learner(name)`` train the same thing."""
+    params = learner_config(name)
+    params.pop("name")
+    defaults = make_learner(name).hyperparameters()
+    assert sorted(params) == sorted(defaults), "the YAML and the class list different hyperparameters"
+    assert make_learner(name, **params).hyperparameters() == defaults
+
+
 def test_the_default_runs_own_adjustments_name_real_learners_and_hyperparameters():
     """all_overrides (the no-argument run's adjustments) apply on top of the learner's own config and
     make a valid learner; a single-learner run ignores them."""
@@ -75,6 +117,6 @@ def test_the_default_runs_own_adjustments_name_real_learners_and_hyperparameters
         params = OmegaConf.to_container(OmegaConf.merge(learner_config(name, cfg), extra), resolve=True)
         params.pop("name")
         make_learner(name, **params)
-    single = _compose(["learner=noprop_dt"])
-    params = learner_config("noprop_dt", single)
-    assert params["block_schedule"] != cfg.all_overrides.noprop_dt.block_schedule
+    single = _compose(["learner=noprop_backprop"])
+    params = learner_config("noprop_backprop", single)
+    assert params["n_blocks"] != cfg.all_overrides.noprop_backprop.n_blocks

@@ -129,7 +129,7 @@ def test_goodness_over_labels_batched_equals_one_pass_per_label():
 def test_goodness_readout_excludes_the_first_block_by_default():
     x, _ = _batch()
     for first, blocks in [(1, [1, 2]), (0, [0, 1, 2])]:
-        learner, state = _state(readout_first_block=first)
+        learner, state = _state(readout="goodness", readout_first_block=first)
         g = learner.goodness_over_labels(state, x)
         thetas = state.thresholds
         expected = sum(g[i] - thetas[i] for i in blocks)

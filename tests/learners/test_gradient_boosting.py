@@ -225,7 +225,7 @@ def test_numba_and_numpy_kernels_give_the_same_model(solver):
 def test_learns_regression_and_binary(dataset, metric, threshold):
     data = load_dataset(dataset, seed=0, n_train=400, n_test=300)
     learner = make_learner("gradient_boosting", n_units=40, units_per_step=4, step_iterations=100, step_lr=0.05,
-                           subsample=1.0)
+                           subsample=1.0, shrinkage=1.0, step_l2=1e-4)
     res = fit(learner, "mlp_small", data, seed=0, loop=LoopConfig(n_epochs=2, progress=False))
     assert float(res.results[metric].sel(split="test")[-1]) >= threshold
     assert res.results["train_loss"].values[-1] < res.results["train_loss"].values[0]

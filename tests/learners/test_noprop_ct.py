@@ -93,7 +93,7 @@ def test_many_steps_only_at_the_end_of_training():
     with ForwardCalls([state.network.blocks[0].head[-1]]) as calls:
         learner.predict(state, x)
     assert calls.counts[0] == 4              # one call of the output layer per integration step
-    state.step = state.extra["total_steps"]
+    state.step = state.total_steps
     with ForwardCalls([state.network.blocks[0].head[-1]]) as calls:
         learner.predict(state, x)
     assert calls.counts[0] == 9
@@ -187,7 +187,8 @@ def test_default_weighting_learns_two_moons_in_seconds():
     """Two moons, on which the same run with Eq. 9's weighting (``weighting="snr"``) ends at 66%:
     with −γ'(t) the one network learns to read x at every noise level, not only to copy a clean z."""
     x, y, x_test, y_test = two_class_problem()
+    # a constant lr: make_state's schedule spans 2 steps, this trains 10 epochs of batches
     learner, state, _, _ = make_state("noprop_ct", n_classes=2, dim=2, inference_steps=50,
-                                      optimizer={"name": "adam", "lr": 0.01})
+                                      optimizer={"name": "adam", "lr": 0.01, "schedule": "constant"})
     train_steps(learner, state, x, y, epochs=10)
     assert accuracy(learner, state, x_test, y_test) > 0.9

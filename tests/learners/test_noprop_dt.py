@@ -58,7 +58,7 @@ def test_chain_with_exact_denoiser_has_the_marginals_monte_carlo():
     zs = learner.chain(state, x, torch.Generator().manual_seed(0))
     u = state.network.embedding(y)
     for t, z in enumerate(zs, start=1):
-        ab = state.extra["alpha_bar"][t]
+        ab = state.alpha_bar[t]
         resid = z - ab.sqrt() * u
         assert resid.mean().abs().item() < 0.03
         assert resid.var().item() == pytest.approx((1 - ab).item(), abs=0.03)
@@ -166,7 +166,7 @@ def test_prototype_embedding_is_set_from_the_first_batch():
     learner, state, x, y = make_state("noprop_dt", n_blocks=2, embedding="prototype")
     assert state.network.embedding.dim == x.shape[1]
     learner.update(state, (x, y))
-    assert state.extra["prototypes_set"]
+    assert state.prototypes_set
 
 
 def test_block_metrics_give_one_value_per_block():
@@ -185,8 +185,9 @@ def test_bad_settings_name_the_key(key, value):
 
 def test_two_class_problem_in_seconds():
     x, y, x_test, y_test = two_class_problem()
+    # a constant lr: make_state's schedule spans 2 steps, this trains 10 epochs of batches
     learner, state, _, _ = make_state("noprop_dt", n_classes=2, dim=2, n_blocks=3,
-                                      optimizer={"name": "adamw", "lr": 0.01})
+                                      optimizer={"name": "adamw", "lr": 0.01, "schedule": "constant"})
     train_steps(learner, state, x, y, epochs=10)
     assert accuracy(learner, state, x_test, y_test) > 0.9
 
@@ -196,7 +197,7 @@ def test_head_and_embedding_step_once_per_block_loss(schedule, steps):
     """Algorithm 1 steps {θ_t, θ_out, W_Embed} after each L_t: θ_out and W_Embed take T steps per
     batch with every block trained, the blocks one step each (together, on their own L_t)."""
     learner, state, x, y = make_state("noprop_dt", n_blocks=3, embedding="learned", block_schedule=schedule)
-    block_opt, shared_opt = state.extra["optimizers"]
+    block_opt, shared_opt = state.optimizers
     block_params = {id(p) for p in state.network.blocks.parameters()}
     assert {id(p) for g in block_opt.param_groups for p in g["params"]} == block_params
     shared = {id(p) for g in shared_opt.param_groups for p in g["params"]}

@@ -7,7 +7,7 @@ run: 100 epochs of 55000 images, each followed by an evaluation of 10000 train +
 test images with one inference run (the config's inference_runs: 5 multiplies that part by 5; CT/FM's
 final 1000-step evaluation is not included).
 
-    python benchmarks/reference/reproduce_noprop_mnist_cpu/step_time.py > .../step_time.txt
+    python benchmarks/noprop_step_time.py > benchmarks/results/noprop_step_time.txt
 """
 import time
 

@@ -6,7 +6,7 @@ bytes autograd keeps for the backward pass (saved tensors, via torch.autograd.gr
 at their peak during one step: the whole chain for backprop, one block at a time for DT (each block's
 graph is freed by its backward before the next block runs). Deterministic; no timing involved.
 
-    python benchmarks/reference/noprop_mnist_mlp_cpu/activation_memory.py
+    python benchmarks/noprop_activation_memory.py > benchmarks/results/noprop_activation_memory.md
 """
 import torch
 
