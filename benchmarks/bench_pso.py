@@ -177,8 +177,8 @@ def summarise(out):
         rows.append([dataset, label, f"{100 * final.mean():.2f}", f"{100 * final.min():.2f}",
                      " ".join(f"{100 * v:.2f}" for v in final), f"{np.mean([w[-1] for *_, w in runs]):.1f}", *at])
     notes = ("Final-epoch test accuracy (%) over seeds, training time (s: median recorded epoch time x epochs, "
-             "wall clock on the shared 2-core machine with two other single-thread jobs running, all runs in "
-             "the eighth session, so their times compare), and the mean test accuracy of the last epoch "
+             "wall clock on a shared 2-core machine with two other single-thread jobs running, all runs made "
+             "together, so their times compare), and the mean test accuracy of the last epoch "
              "finished within each training-time budget on that clock (a run that finished earlier keeps "
              "its final value). Sources: "
              "benchmarks/reference/pso_*/**/results.nc.")

@@ -6,7 +6,7 @@ and our runs of the same setting (``--ours``, default the 10-epoch augmented Fas
 and writes benchmarks/results/lls_reference_code.md: test accuracy per epoch, and the gap of each
 LLS arm to backprop, for both codes.
 
-How the logs were made (sixth session; the reference code is not part of this repository):
+How the logs were made (the reference code is not part of this repository):
 LLS-DNN's files as the code index holds them (main.py, script.sh, models/, utils/ at commit 230af09;
 models/layers/lls_layers.py at 17bb8c9, the sin/square basis our learner follows), run unchanged
 through a launcher that (1) makes ``Tensor.cuda``/``Module.cuda`` no-ops, (2) lets torch 2.13's

@@ -4,7 +4,7 @@
   (2) a minimal hand-written PyTorch loop on the same tensors, network and optimiser,
   (3) scikit-learn's MLPClassifier with the same layers, batch size and optimiser,
 
-each with SGD momentum and with Adam (scikit-learn's default solver: the issue's reference figure of
+each with SGD momentum and with Adam (scikit-learn's default solver: a reference figure of
 15.2 s/epoch = 0.35 of the matmul peak matches MLPClassifier's defaults on float32 input; with SGD it is
 faster, so both are measured and each contender is compared with MLPClassifier on its own optimiser),
 

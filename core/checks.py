@@ -12,6 +12,8 @@ def check_choice(key: str, value, allowed) -> None:
 
 def check_range(key: str, value, low=None, high=None, *, low_open: bool = False) -> None:
     """``low <= value <= high`` (``low < value`` with ``low_open``); None leaves a side unbounded."""
+    if value != value:   # NaN passes every comparison below
+        raise ConfigError(f"{key}={value!r} is not a number; give a finite value")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and value > high
     if too_low or too_high:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from core.checks import Range
 from core.errors import ConfigError
 from core.seeding import seed_stream
-from core.checks import check_choice, check_positive  # noqa: F401 - the variants import them from here
 from learners._noprop_blocks import EMBEDDINGS, NoPropModel, build_model
 from learners._optim import OptimizerConfig, make_optimizer, make_scheduler, optimizer_step
 from learners.base import Learner, evaluating
@@ -55,16 +55,14 @@ class NoPropBase(Learner):
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3,
                                                                                weight_decay=1e-3))
 
-    # ------------------------------------------------------------------ set-up
-    def check(self) -> None:
-        check_choice("embedding", self.embedding, EMBEDDINGS)
-        check_positive("embedding_dim", self.embedding_dim)
-        check_positive("inference_runs", self.inference_runs)
-        for w in self.head_widths:
-            check_positive("head_widths[]", w)
+    constraints = {"embedding": EMBEDDINGS, "embedding_dim": Range(1), "inference_runs": Range(1)}
 
+    # ------------------------------------------------------------------ set-up
     def build(self, network, data_info, seed, **kwargs) -> NoPropModel:
-        self.check()
+        # per entry, which a declared Range cannot say
+        if any(w < 1 for w in self.head_widths):
+            raise ConfigError(f"{self.name}.head_widths={self.head_widths!r} has a width below 1; give widths "
+                              ">= 1, or () for one layer as wide as the trunk")
         if data_info.task != "classification":
             raise ConfigError(f"learner {self.name!r} does classification only, not {data_info.task}")
         spec = network.spec

@@ -1,4 +1,4 @@
-"""NoProp noise schedules and the closed forms built on them (spec: ../shared/specs/noprop.md).
+"""NoProp noise schedules and the closed forms built on them (Li, Teh, Pascanu 2025).
 
 Time runs from noise to label, the opposite of DDPM: ``alpha_bar[0]`` is about 0
 (pure noise) and ``alpha_bar[T]`` about 1 (the label embedding). Everything here

@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checks import Range
 from core.errors import ConfigError
 from core.seeding import seed_stream
 from learners._optim import OptimizerConfig, Schedule, is_schedule_free, make_optimizer, make_scheduler
@@ -234,25 +235,16 @@ class FeedbackAlignment(Learner):
     # 1e-4 (dfa, Adam) to 0.1 (SGD), so the range reaches lower than backprop's
     search_space = {"optimizer.lr": LogUniform(1e-5, 1e-2), "optimizer.schedule": Choice(("constant", "cosine"))}
 
-    allowed_modes = MODES
+    constraints = {"mode": MODES, "feedback_init": FEEDBACK_INITS, "dfa_conv": DFA_CONV,
+                   "bn_refresh_batches": Range(0)}
 
     # ------------------------------------------------------------ set-up
-
-    def _check(self):
-        for key, value, allowed in (("mode", self.mode, self.allowed_modes),
-                                    ("feedback_init", self.feedback_init, FEEDBACK_INITS),
-                                    ("dfa_conv", self.dfa_conv, DFA_CONV)):
-            if value not in allowed:
-                raise ConfigError(f"{self.name}.{key}={value!r} is not known; allowed: {', '.join(allowed)}")
-        if self.bn_refresh_batches < 0:
-            raise ConfigError(f"{self.name}.bn_refresh_batches must be >= 0, got {self.bn_refresh_batches}")
 
     @property
     def direct(self) -> bool:
         return self.mode in DIRECT_MODES
 
     def init(self, network, data_info, seed):
-        self._check()
         if data_info.task != "classification":
             raise ConfigError(f"{self.name} trains classifiers; got task {data_info.task!r}")
         if network.head is None:
@@ -442,4 +434,5 @@ class DRTP(FeedbackAlignment):
     mode: str = "drtp"
 
     tags = Tags(locality="blockwise", crosses_blocks=False, backend="torch", supports_conv=True)
-    allowed_modes = ("drtp",)
+    # its blockwise tags hold for mode=drtp only
+    constraints = {**FeedbackAlignment.constraints, "mode": ("drtp",)}

@@ -2,7 +2,7 @@
 
 Each boosting step fits a J-unit one-hidden-layer regressor to the pseudo-residuals of the
 current additive model on a random subsample, scales it by a shrunk Newton step rho_m and
-never revisits it (spec: ../shared/specs/gradient_boosting.md, reference code GAA-UAM/GBNN).
+never revisits it (reference code GAA-UAM/GBNN).
 
 How it maps onto the shared network definitions: GBNN ignores the hidden widths of the run's
 network and builds its own ``NetworkSpec(widths=(n_units,), activation=...)`` with the same seed
@@ -31,6 +31,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from core.checks import Range
 from core.errors import ConfigError
 from learners._kernels.boosting import (ACTIVATIONS, SCIPY_FTOL, activate_numpy, fit_step_adam,
                                         fit_step_adam_numpy, fit_step_lbfgs, fit_step_lbfgs_numpy)
@@ -220,37 +221,23 @@ class GradientBoosting(Learner):
 
     # -------------------------------------------------------------- init
 
+    constraints = {"activation": tuple(ACTIVATIONS), "features": FEATURES, "step_init": STEP_INITS, "solver": SOLVERS,
+                   "kernel": KERNELS, "units_per_step": Range(1), "n_iter_no_change": Range(1),
+                   "validation_fraction": Range(0, 1), "subsample": Range(0, 1, low_open=True),
+                   "shrinkage": Range(0, low_open=True), "step_ftol": Range(0), "step_gtol": Range(0)}
+
     def _check(self):
-        def bad(key, value, allowed):
-            return ConfigError(f"gradient_boosting.{key}={value!r} is not allowed; {allowed}")
-        if self.activation not in ACTIVATIONS:
-            raise bad("activation", self.activation, f"allowed: {', '.join(ACTIVATIONS)}")
-        if self.features not in FEATURES:
-            raise bad("features", self.features, f"allowed: {', '.join(FEATURES)}")
-        if self.step_init not in STEP_INITS:
-            raise bad("step_init", self.step_init, f"allowed: {', '.join(STEP_INITS)}")
-        if self.solver not in SOLVERS:
-            raise bad("solver", self.solver, f"allowed: {', '.join(SOLVERS)}")
-        if self.kernel not in KERNELS:
-            raise bad("kernel", self.kernel, f"allowed: {', '.join(KERNELS)}")
-        if self.units_per_step < 1 or self.n_units < self.units_per_step or self.n_units % self.units_per_step:
-            raise bad("n_units", self.n_units, f"it must be a positive multiple of units_per_step="
-                      f"{self.units_per_step}")
-        if not 0 <= self.validation_fraction < 1:
-            raise bad("validation_fraction", self.validation_fraction, "it must be in [0, 1) (0: no early stopping)")
-        if self.n_iter_no_change < 1:
-            raise bad("n_iter_no_change", self.n_iter_no_change, "it must be at least 1")
-        if not 0 < self.subsample <= 1:
-            raise bad("subsample", self.subsample, "it must be in (0, 1]")
-        if not self.shrinkage > 0:
-            raise bad("shrinkage", self.shrinkage, "it must be positive")
-        for key in ("step_ftol", "step_gtol"):
-            if not getattr(self, key) >= 0:
-                raise bad(key, getattr(self, key), "it must be >= 0 (0: off)")
-        if self.n_active_units is not None and (self.n_active_units < 0
-                                                or self.n_active_units % self.units_per_step):
-            raise bad("n_active_units", self.n_active_units,
-                      f"it must be a non-negative multiple of units_per_step={self.units_per_step}")
+        """What the declared constraints cannot say: bounds that join two fields, an open upper end."""
+        J = self.units_per_step
+        if self.n_units < J or self.n_units % J:
+            raise ConfigError(f"gradient_boosting.n_units={self.n_units} must be a positive multiple of "
+                              f"units_per_step={J}")
+        if self.validation_fraction >= 1:
+            raise ConfigError(f"gradient_boosting.validation_fraction={self.validation_fraction} must be below 1 "
+                              "(0: no early stopping)")
+        if self.n_active_units is not None and (self.n_active_units < 0 or self.n_active_units % J):
+            raise ConfigError(f"gradient_boosting.n_active_units={self.n_active_units} must be None or a "
+                              f"non-negative multiple of units_per_step={J}")
 
     @property
     def n_steps(self) -> int:

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checks import Range
 from core.errors import ConfigError
 from learners.base import Learner, Tags, make_learner, register
 from learners.search import LogUniform
@@ -164,20 +165,10 @@ class HebbianProjection(Learner):
     # tuned by experiments.tune, the same trial budget for every learner
     search_space = {"base_params.optimizer.lr": LogUniform(1e-3, 1e-1)}
 
-    # ------------------------------------------------------------ set-up
-    def _check(self):
-        for key, value, allowed in (("projection", self.projection, PROJECTIONS),
-                                    ("orthonormalize", self.orthonormalize, ORTHONORMALIZE),
-                                    ("kernel", self.kernel, KERNELS)):
-            if value not in allowed:
-                raise ConfigError(f"hebbian_projection.{key}={value!r} is not known; allowed: {', '.join(allowed)}")
-        if self.base == self.name:
-            raise ConfigError("hebbian_projection.base cannot be hebbian_projection itself")
-        if not 0 < self.max_rank_fraction <= 1:
-            raise ConfigError(f"hebbian_projection.max_rank_fraction={self.max_rank_fraction} must be in (0, 1]")
-        if self.hebbian_iterations < 0:
-            raise ConfigError(f"hebbian_projection.hebbian_iterations={self.hebbian_iterations} must be >= 0")
+    constraints = {"projection": PROJECTIONS, "orthonormalize": ORTHONORMALIZE, "kernel": KERNELS,
+                   "max_rank_fraction": Range(0, 1, low_open=True), "hebbian_iterations": Range(0)}
 
+    # ------------------------------------------------------------ set-up
     def make_base(self) -> Learner:
         base = make_learner(self.base, **dict(self.base_params or {}))
         if base.tags.backend != "torch":
@@ -186,7 +177,9 @@ class HebbianProjection(Learner):
         return base
 
     def init(self, network, data_info, seed):
-        self._check()
+        if self.base == self.name:
+            raise ConfigError(f"hebbian_projection.base={self.base!r} cannot wrap itself; use a torch learner "
+                              "such as backprop")
         base = self.make_base()
         if any(isinstance(m, nn.Conv2d) for m in network.modules()):
             raise ConfigError("hebbian_projection supports MLPs only (conv layers are not projected); use an MLP")

@@ -5,7 +5,7 @@ learnable and û_θt = softmax(logits_t) · W_Embed, as in NoProp-DT; the
 cross-entropy is read from the last block's logits and the gradient runs back
 through the whole chain.
 
-The read-out is pinned (issue 5): a separate linear head on z_T was seen to
+The read-out is pinned: a separate linear head on z_T was seen to
 stall near 68% on MNIST, so the loss and the prediction use logits_T itself.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from learners._noprop_base import NoPropBase, check_positive, softmax_mix
+from core.checks import Range
+from learners._noprop_base import NoPropBase, softmax_mix
 from learners._optim import OptimizerConfig
 from learners.base import Tags, register
 from learners.search import LogUniform
@@ -39,9 +40,9 @@ class NoPropBackprop(NoPropBase):
     contract_epochs = 12
     # tuned by experiments.tune, the same trial budget for every learner
     search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.weight_decay": LogUniform(1e-5, 1e-2)}
+    constraints = {**NoPropBase.constraints, "n_blocks": Range(1)}
 
     def init(self, network, data_info, seed):
-        check_positive("n_blocks", self.n_blocks)
         mix = nn.Parameter(torch.full((self.n_blocks,), float(self.mix_init)))
         model = self.build(network, data_info, seed, n_blocks=self.n_blocks, mix=mix)
         # θ_out (the linear head on z_T) is built but not trained: the read-out is logits_T.

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from core.checks import Range
 from core.errors import ConfigError
-from learners._noprop_base import NoPropBase, check_choice, check_positive, softmax_mix
+from learners._noprop_base import NoPropBase, softmax_mix
 from learners._noprop_schedules import (LearnedSchedule, kl_to_standard_normal, posterior_coefficients,
                                         sample_marginal, times_uniform_in_snr)
 from learners._optim import OptimizerConfig
@@ -85,18 +86,15 @@ class NoPropCT(NoPropBase):
     # tuned by experiments.tune, the same trial budget for every learner
     search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.weight_decay": LogUniform(1e-5, 1e-2),
                     "eta": LogUniform(0.1, 10.0)}
+    constraints = {**NoPropBase.constraints, "integrator": INTEGRATORS, "time_sampling": TIME_SAMPLING,
+                   "weighting": WEIGHTINGS, "time_dim": Range(1), "schedule_hidden": Range(1),
+                   "inference_steps": Range(1), "eval_steps": Range(1), "eta": Range(0, low_open=True)}
 
     def init(self, network, data_info, seed):
-        check_choice("integrator", self.integrator, INTEGRATORS)
-        check_choice("time_sampling", self.time_sampling, TIME_SAMPLING)
-        check_choice("weighting", self.weighting, WEIGHTINGS)
-        for key in ("time_dim", "schedule_hidden", "inference_steps", "eval_steps"):
-            check_positive(key, getattr(self, key))
-        if not self.eta > 0:
-            raise ConfigError(f"eta must be positive, got {self.eta!r}")
         if not self.gamma_noise_init > self.gamma_label_init:
-            raise ConfigError(f"gamma_noise_init={self.gamma_noise_init} must exceed gamma_label_init="
-                              f"{self.gamma_label_init}: γ decreases from noise (t=0) to label (t=1)")
+            raise ConfigError(f"noprop_ct.gamma_noise_init={self.gamma_noise_init} must exceed gamma_label_init="
+                              f"{self.gamma_label_init} (γ decreases from noise at t=0 to label at t=1); raise "
+                              "gamma_noise_init or lower gamma_label_init")
         schedule = LearnedSchedule(hidden=self.schedule_hidden, gamma_noise=self.gamma_noise_init,
                                    gamma_label=self.gamma_label_init, seed=seed)
         model = self.build(network, data_info, seed, n_blocks=1, time_dim=self.time_dim, schedule=schedule)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from core.errors import ConfigError
-from learners._noprop_base import NoPropBase, NoPropState, check_choice, check_positive, softmax_mix
+from core.checks import Range
+from learners._noprop_base import NoPropBase, NoPropState, softmax_mix
 from learners._noprop_schedules import (cosine_alpha_bar, kl_to_standard_normal, posterior_coefficients,
                                         sample_marginal, snr)
 from learners._optim import OptimizerConfig
@@ -63,12 +63,10 @@ class NoPropDT(NoPropBase):
     # tuned by experiments.tune, the same trial budget for every learner
     search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.weight_decay": LogUniform(1e-5, 1e-2),
                     "eta": LogUniform(0.01, 1.0)}
+    constraints = {**NoPropBase.constraints, "n_blocks": Range(1), "block_schedule": BLOCK_SCHEDULES,
+                   "eta": Range(0, low_open=True)}
 
     def init(self, network, data_info, seed):
-        check_positive("n_blocks", self.n_blocks)
-        check_choice("block_schedule", self.block_schedule, BLOCK_SCHEDULES)
-        if not self.eta > 0:
-            raise ConfigError(f"eta must be positive, got {self.eta!r}")
         model = self.build(network, data_info, seed, n_blocks=self.n_blocks)
         alpha_bar = cosine_alpha_bar(self.n_blocks, s=self.cosine_offset)
         a, b, c = posterior_coefficients(alpha_bar[:-1], alpha_bar[1:])

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from core.errors import ConfigError
-from learners._noprop_base import NoPropBase, check_choice, check_positive
+from core.checks import Range
+from learners._noprop_base import NoPropBase
 from learners.base import Tags, register
 from learners.search import LogUniform
 
@@ -45,13 +45,10 @@ class NoPropFM(NoPropBase):
     contract_epochs = 12
     # tuned by experiments.tune, the same trial budget for every learner
     search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.weight_decay": LogUniform(1e-5, 1e-2)}
+    constraints = {**NoPropBase.constraints, "integrator": INTEGRATORS, "time_dim": Range(1),
+                   "inference_steps": Range(1), "eval_steps": Range(1), "sigma": Range(0)}
 
     def init(self, network, data_info, seed):
-        check_choice("integrator", self.integrator, INTEGRATORS)
-        for key in ("time_dim", "inference_steps", "eval_steps"):
-            check_positive(key, getattr(self, key))
-        if not self.sigma >= 0:
-            raise ConfigError(f"sigma must be >= 0, got {self.sigma!r}")
         model = self.build(network, data_info, seed, n_blocks=1, time_dim=self.time_dim)
         return self.make_state(model, data_info, seed, [list(model.parameters())])
 

@@ -29,6 +29,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from core.checks import Range
 from core.errors import ConfigError
 from learners._kernels import swarm as K
 from learners.base import Learner, Tags, register
@@ -126,25 +127,16 @@ class ParticleSwarm(Learner):
 
     # -------------------------------------------------------------- init
 
+    constraints = {"mode": MODES, "order": ORDERS, "kernel": KERNELS, "fitness_dtype": FITNESS_DTYPES,
+                   "n_particles": Range(1), "iterations": Range(1), "neuron_fraction": Range(0, 1, low_open=True),
+                   "velocity_clamp": Range(0, low_open=True)}
+
     def _check(self, network):
-        def bad(key, value, allowed):
-            return ConfigError(f"particle_swarm.{key}={value!r} is not allowed; {allowed}")
-        for key, allowed in (("mode", MODES), ("order", ORDERS), ("kernel", KERNELS),
-                             ("fitness_dtype", FITNESS_DTYPES)):
-            if getattr(self, key) not in allowed:
-                raise bad(key, getattr(self, key), f"allowed: {', '.join(allowed)}")
-        if not 0 < self.neuron_fraction <= 1:
-            raise bad("neuron_fraction", self.neuron_fraction, "it must be in (0, 1]")
-        if self.n_particles < 1:
-            raise bad("n_particles", self.n_particles, "it must be >= 1")
-        if self.iterations < 1:
-            raise bad("iterations", self.iterations, "it must be >= 1")
-        if not self.velocity_clamp > 0:
-            raise bad("velocity_clamp", self.velocity_clamp, "it must be positive")
         if self.fitness_dtype != "float32":
             if self.mode != "global" or self.kernel != "numba":
-                raise bad("fitness_dtype", self.fitness_dtype, "bfloat16 applies to mode=global with "
-                          "kernel=numba (the batched torch pass); use float32 here")
+                raise ConfigError(f"particle_swarm.fitness_dtype={self.fitness_dtype!r} applies to mode=global with "
+                                  f"kernel=numba (the batched torch pass), got mode={self.mode!r}, "
+                                  f"kernel={self.kernel!r}; use fitness_dtype=float32 here")
             if not native_bf16_products():
                 warnings.warn("particle_swarm.fitness_dtype=bfloat16: this CPU has no native bf16 "
                               "matrix products, so torch emulates them, usually slower than float32; "

@@ -1,8 +1,9 @@
-"""GBNN's properties from the spec (../shared/specs/gradient_boosting.md, "Testable properties")."""
+"""GBNN's testable properties (Emami & Martinez-Munoz 2023) and learning."""
 from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -270,11 +271,17 @@ def test_early_stopping_keeps_the_best_held_out_step_count():
     np.testing.assert_allclose(counts, 0.2 * np.bincount(cdata.y_train), atol=1)
 
 
-@pytest.mark.parametrize("key,value", [("activation", "softplus"), ("solver", "sgd"), ("n_units", 10), ("subsample", 0.0),
-                                       ("validation_fraction", 1.0), ("n_iter_no_change", 0),
-                                       ("kernel", "cuda"), ("features", "deep"), ("n_active_units", 5)])
-def test_bad_settings_name_the_key(key, value):
+@pytest.mark.parametrize("key,value,allowed", [
+    ("activation", "softplus", "is not known; allowed: "), ("solver", "sgd", "is not known; allowed: lbfgs, adam"),
+    ("kernel", "cuda", "is not known; allowed: numba, numpy"), ("features", "deep", "is not known; allowed: none, frozen"),
+    ("subsample", 0.0, "is out of range; allowed: > 0 and <= 1"),
+    ("n_iter_no_change", 0, "is out of range; allowed: >= 1"),
+    ("validation_fraction", 1.0, "must be below 1"),
+    ("n_units", 10, "must be a positive multiple of units_per_step=4"),
+    ("n_active_units", 5, "must be None or a non-negative multiple of units_per_step=4")])
+def test_bad_settings_name_the_key(key, value, allowed):
     data = load_dataset("blobs", seed=0, n_train=50, n_test=10)
     learner = make_learner("gradient_boosting", **{"units_per_step": 4, "n_units": 40, key: value})
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match="^" + re.escape(f"gradient_boosting.{key}={value!r} {allowed}")) as err:
         fit(learner, "mlp_small", data, loop=LoopConfig(n_epochs=1, progress=False))
+    assert "\n" not in str(err.value)

@@ -1,4 +1,4 @@
-"""HLOP's testable properties (shared/specs/hebbian_projection.md) and the numba kernel."""
+"""HLOP's testable properties and the numba kernel."""
 from __future__ import annotations
 
 import copy
@@ -205,9 +205,13 @@ def test_single_task_behaves_like_the_base_learner(stream):
 
 
 def test_bad_settings_name_the_key(stream):
-    for params, key in (({"orthonormalize": "svd"}, "orthonormalize='svd'"), ({"projection": "x"}, "projection"),
-                        ({"base": "hebbian_projection"}, "base")):
-        with pytest.raises(ConfigError, match=key):
+    for params, message in (
+            ({"orthonormalize": "svd"}, r"orthonormalize='svd' is not known; allowed: none, qr, exact_projector"),
+            ({"projection": "x"}, r"projection='x' is not known; allowed: input, gradient"),
+            ({"max_rank_fraction": 0.0}, r"max_rank_fraction=0.0 is out of range; allowed: > 0 and <= 1"),
+            ({"hebbian_iterations": -1}, r"hebbian_iterations=-1 is out of range; allowed: >= 0"),
+            ({"base": "hebbian_projection"}, r"base='hebbian_projection' cannot wrap itself; use a torch learner .*")):
+        with pytest.raises(ConfigError, match=rf"^hebbian_projection\.{message}$"):
             _start(stream, **params)
 
 

@@ -1,6 +1,8 @@
 """NoProp-CT: the learned schedule (Eq. 65–67), its SNR', the loss's reach and inference."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -106,10 +108,15 @@ def test_spread_over_inference_runs_is_recorded():
     assert metrics["run_accuracy_std"][0] >= 0
 
 
-@pytest.mark.parametrize("key,value", [("integrator", "rk4"), ("eval_steps", 0), ("gamma_noise_init", -10.0),
-                                       ("time_sampling", "beta"), ("weighting", "elbo")])
-def test_bad_settings_name_the_key(key, value):
-    with pytest.raises(ConfigError, match=key):
+@pytest.mark.parametrize("key,value,allowed", [
+    ("integrator", "rk4", "is not known; allowed: ancestral, ddim"),
+    ("time_sampling", "beta", "is not known; allowed: uniform, snr"),
+    ("weighting", "elbo", "is not known; allowed: log_snr, snr"),
+    ("eval_steps", 0, "is out of range; allowed: >= 1"),
+    ("gamma_noise_init", -10.0, "must exceed gamma_label_init=-4.0 (γ decreases from noise at t=0 to label at t=1); "
+                                "raise gamma_noise_init or lower gamma_label_init")])
+def test_bad_settings_name_the_key(key, value, allowed):
+    with pytest.raises(ConfigError, match="^" + re.escape(f"noprop_ct.{key}={value!r} {allowed}") + "$"):
         make_state("noprop_ct", **{key: value})
 
 

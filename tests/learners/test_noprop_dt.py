@@ -1,7 +1,8 @@
-"""NoProp-DT: the spec's testable properties (../shared/specs/noprop.md) and learning."""
+"""NoProp-DT: its testable properties (Li, Teh, Pascanu 2025) and learning."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -176,10 +177,13 @@ def test_block_metrics_give_one_value_per_block():
     assert all(len(v) == 3 for v in metrics.values())
 
 
-@pytest.mark.parametrize("key,value", [("embedding", "random"), ("block_schedule", "backwards"),
-                                       ("n_blocks", 0), ("eta", -1.0)])
-def test_bad_settings_name_the_key(key, value):
-    with pytest.raises(ConfigError, match=key):
+@pytest.mark.parametrize("key,value,allowed", [
+    ("embedding", "random", "is not known; allowed: one_hot, learned, prototype"),
+    ("block_schedule", "backwards", "is not known; allowed: all, random"),
+    ("n_blocks", 0, "is out of range; allowed: >= 1"), ("eta", -1.0, "is out of range; allowed: > 0"),
+    ("head_widths", (8, 0), "has a width below 1; give widths >= 1, or () for one layer as wide as the trunk")])
+def test_bad_settings_name_the_key(key, value, allowed):
+    with pytest.raises(ConfigError, match="^" + re.escape(f"noprop_dt.{key}={value!r} {allowed}") + "$"):
         make_state("noprop_dt", **{key: value})
 
 

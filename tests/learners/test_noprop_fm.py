@@ -1,6 +1,8 @@
 """NoProp-FM: the straight path, the oracle field, the parameterisation and the anchor loss."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -58,10 +60,12 @@ def test_anchor_loss_only_with_a_learned_embedding(embedding, anchored):
         assert state.network.embedding.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("key,value", [("integrator", "rk4"), ("inference_steps", 0), ("sigma", -0.1),
-                                       ("embedding", "fixed")])
-def test_bad_settings_name_the_key(key, value):
-    with pytest.raises(ConfigError, match=key):
+@pytest.mark.parametrize("key,value,allowed", [
+    ("integrator", "rk4", "is not known; allowed: euler, heun"),
+    ("inference_steps", 0, "is out of range; allowed: >= 1"), ("sigma", -0.1, "is out of range; allowed: >= 0"),
+    ("embedding", "fixed", "is not known; allowed: one_hot, learned, prototype")])
+def test_bad_settings_name_the_key(key, value, allowed):
+    with pytest.raises(ConfigError, match="^" + re.escape(f"noprop_fm.{key}={value!r} {allowed}") + "$"):
         make_state("noprop_fm", **{key: value})
 
 

@@ -1,8 +1,9 @@
-"""Particle swarm properties from the spec (../shared/specs/particle_swarm.md, "Testable properties")."""
+"""Particle swarm: its testable properties and learning."""
 from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -244,7 +245,8 @@ def test_fitness_stage_clock_leaves_the_scores_alone_and_names_every_stage(dtype
 
 def test_bfloat16_fitness_is_for_the_global_mode_only():
     data = load_dataset("blobs", seed=0, n_train=50, n_test=10)
-    with pytest.raises(ConfigError, match="fitness_dtype.*mode=global"):
+    with pytest.raises(ConfigError, match=r"^particle_swarm.fitness_dtype='bfloat16' applies to mode=global .*"
+                                          r"got mode='neuron'.*use fitness_dtype=float32 here$"):
         fit(make_learner("particle_swarm", mode="neuron", fitness_dtype="bfloat16"), "mlp_small", data,
             loop=LoopConfig(n_epochs=1, progress=False))
 
@@ -276,12 +278,17 @@ def test_whole_network_pso_learns_blobs(fitness_dtype):
     assert np.all(np.diff(res.results["train_loss"].values) <= 1e-12)   # full batch: gbest never worsens
 
 
-@pytest.mark.parametrize("key,value", [("mode", "layer"), ("order", "sideways"), ("n_particles", 0),
-                                       ("neuron_fraction", 0.0), ("kernel", "cuda"),
-                                       ("fitness_dtype", "float16")])
-def test_bad_settings_name_the_key(key, value):
+@pytest.mark.parametrize("key,value,allowed", [
+    ("mode", "layer", "is not known; allowed: neuron, global"),
+    ("order", "sideways", "is not known; allowed: forward, backward, random"),
+    ("kernel", "cuda", "is not known; allowed: numba, numpy"),
+    ("fitness_dtype", "float16", "is not known; allowed: float32, bfloat16"),
+    ("n_particles", 0, "is out of range; allowed: >= 1"), ("iterations", 0, "is out of range; allowed: >= 1"),
+    ("neuron_fraction", 0.0, "is out of range; allowed: > 0 and <= 1"),
+    ("velocity_clamp", 0.0, "is out of range; allowed: > 0")])
+def test_bad_settings_name_the_key(key, value, allowed):
     data = load_dataset("blobs", seed=0, n_train=50, n_test=10)
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match="^" + re.escape(f"particle_swarm.{key}={value!r} {allowed}") + "$"):
         fit(make_learner("particle_swarm", **{key: value}), "mlp_small", data,
             loop=LoopConfig(n_epochs=1, progress=False))
 
