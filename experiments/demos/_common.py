@@ -19,6 +19,19 @@ def parse(name: str, doc: str, argv) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def demo_learner(name: str, demo: str, **overrides):
+    """The registered learner ``name`` at its defaults (those of ``altlearn learner=<name>``) with
+    ``overrides``, on one torch thread; a one-line error when it is not registered."""
+    import torch
+
+    from learners import available_learners, make_learner
+    if name not in available_learners():
+        from core.errors import ConfigError
+        raise ConfigError(f"demo {demo} needs the {name} learner, which is not registered")
+    torch.set_num_threads(1)
+    return make_learner(name, **overrides)
+
+
 def main_for(module, name: str, argv) -> int:
     """Parse ``argv``, run ``module.run`` and say where the figure went."""
     args = parse(name, module.__doc__, argv)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from experiments.callbacks import Callback
-from experiments.demos._common import finish, main_for
+from experiments.demos._common import demo_learner, finish, main_for
 
 MODES = {"fa": "feedback alignment (FA)", "dfa": "direct feedback alignment (DFA)",
          "usf": "sign symmetry (uSF)"}
@@ -48,16 +48,9 @@ class AngleTrace(Callback):
 
 def run(out_dir="demos", *, quick: bool = False, seed: int = 0) -> dict:
     import matplotlib.pyplot as plt
-    from experiments.app import learner_config
     from experiments.datasets import load_dataset
     from experiments.fit import LoopConfig, fit
-    from learners import available_learners, make_learner
-    if "feedback_alignment" not in available_learners():
-        from core.errors import ConfigError
-        raise ConfigError("demo alignment needs the feedback_alignment learner, which is not registered")
-    torch.set_num_threads(1)
-    params = learner_config("feedback_alignment")
-    params.pop("name")
+    demo_learner("feedback_alignment", "alignment")
     data = load_dataset("digits", seed=seed)
     network = {"preset": "mlp_small", "widths": [100, 100, 100]}
     loop = LoopConfig(n_epochs=2 if quick else 20, batch_size=32, progress=False)
@@ -65,13 +58,11 @@ def run(out_dir="demos", *, quick: bool = False, seed: int = 0) -> dict:
     traces, accuracy = {}, {}
     for mode in MODES:
         trace = AngleTrace(*probe, every=4 if quick else 10)
-        result = fit(make_learner("feedback_alignment", **{**params, "mode": mode}), network, data, seed=seed,
+        result = fit(demo_learner("feedback_alignment", "alignment", mode=mode), network, data, seed=seed,
                      loop=loop, callbacks=[trace])
         traces[mode] = trace
         accuracy[mode] = result.results["accuracy"].sel(split="test").values
-    bp_params = learner_config("backprop")
-    bp_params.pop("name")
-    reference = fit(make_learner("backprop", **bp_params), network, data, seed=seed, loop=loop)
+    reference = fit(demo_learner("backprop", "alignment"), network, data, seed=seed, loop=loop)
     accuracy["backprop"] = reference.results["accuracy"].sel(split="test").values
 
     n_blocks = len(network["widths"])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from experiments.callbacks import Callback
-from experiments.demos._common import finish, main_for
+from experiments.demos._common import demo_learner, finish, main_for
 
 
 class GoodnessTrace(Callback):
@@ -34,17 +34,9 @@ def smooth(values: np.ndarray, width: int) -> np.ndarray:
 
 def run(out_dir="demos", *, quick: bool = False, seed: int = 0) -> dict:
     import matplotlib.pyplot as plt
-    from experiments.app import learner_config
     from experiments.datasets import load_dataset
     from experiments.fit import LoopConfig, fit
-    from learners import available_learners, make_learner
-    if "forward_forward" not in available_learners():
-        from core.errors import ConfigError
-        raise ConfigError("demo forward_forward needs the forward_forward learner, which is not registered")
-    torch.set_num_threads(1)
-    params = learner_config("forward_forward")
-    params.pop("name")
-    learner = make_learner("forward_forward", **params)
+    learner = demo_learner("forward_forward", "forward_forward")
     data = load_dataset("digits", seed=seed)
     trace = GoodnessTrace()
     result = fit(learner, {"preset": "mlp_small", "widths": [100, 100, 100]}, data, seed=seed,

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from experiments.demos._common import finish, main_for
+from experiments.demos._common import demo_learner, finish, main_for
 
 
 def chain_with_start(learner, state, x, seed: int):
@@ -29,18 +29,10 @@ def chain_with_start(learner, state, x, seed: int):
 
 def run(out_dir="demos", *, quick: bool = False, seed: int = 0) -> dict:
     import matplotlib.pyplot as plt
-    from experiments.app import learner_config
     from experiments.datasets import load_dataset
     from experiments.fit import LoopConfig, fit
-    from learners import available_learners, make_learner
-    if "noprop_dt" not in available_learners():
-        from core.errors import ConfigError
-        raise ConfigError("demo noprop needs the noprop_dt learner, which is not registered")
-    torch.set_num_threads(1)
-    params = learner_config("noprop_dt")
-    params.pop("name")
-    params["n_blocks"] = 5          # a short chain: readable, and a minute on a laptop
-    learner = make_learner("noprop_dt", **params)
+    # a short chain: readable, and a minute on a laptop
+    learner = demo_learner("noprop_dt", "noprop", n_blocks=5)
     data = load_dataset("digits", seed=seed)
     result = fit(learner, "mlp_small", data, seed=seed,
                  loop=LoopConfig(n_epochs=1 if quick else 15, batch_size=32, progress=False))
