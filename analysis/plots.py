@@ -113,10 +113,7 @@ def comparison_figure(ds: xr.Dataset, path, *, title="", metric="accuracy"):
     final_accuracy(ds, axes[1], metric=metric)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ---------------------------------------------------------------- comparison figures
@@ -338,6 +335,10 @@ def save_single(draw, ds: xr.Dataset, path, *, title="", figsize=(7, 4.5), **kwa
     draw(ds, ax, **kwargs)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
