@@ -111,3 +111,14 @@ def test_notebook_runs(notebook, tmp_path, monkeypatch):
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert list((tmp_path / "demo_output").glob("*.png"))
     assert os.environ["ALTLEARN_DEMO_QUICK"] == "1"
+
+
+@pytest.mark.slow
+def test_predictive_coding_relaxation_lowers_the_energy_and_moves_towards_the_label(tmp_path):
+    if "predictive_coding" not in available_learners():
+        pytest.skip("predictive_coding is not registered")
+    numbers = _run("predictive_coding", tmp_path)
+    total = numbers["total_energy"]
+    assert total[-1] < total[0]                          # the nodes settle into a lower energy
+    distance = numbers["distance_to_label"]
+    assert distance[-1] < distance[0]                    # the top prediction moves towards the clamp

@@ -18,6 +18,7 @@ DEMOS = {
     "forgetting": "permuted-digit accuracy matrices with and without Hebbian projection",
     "locality": "which parameters each learner's single update touches",
     "alignment": "random feedback: forward weights and errors turning towards backprop's",
+    "predictive_coding": "the energy settling and the value nodes moving towards the clamped label",
 }
 
 
