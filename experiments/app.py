@@ -349,6 +349,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "demo":
         from experiments.demos import main as demo_main
         sys.exit(demo_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "classroom":
+        from experiments.classroom import main as classroom_main
+        sys.exit(classroom_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "tune":
         from experiments.tune import main as tune_main
         sys.exit(tune_main(sys.argv[2:]))

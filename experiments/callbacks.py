@@ -5,6 +5,11 @@ import sys
 import time
 
 
+class StopTraining(Exception):
+    """Raised by a callback to end the run now (a classroom page reset or closed): the engine keeps the
+    epochs recorded so far and returns them with status ``stopped``, as a budget ends a run."""
+
+
 class Callback:
     """Hooks around the loop. ``run`` is the `experiments.fit.Run` in progress (read it, do not change it)."""
 

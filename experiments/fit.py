@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from experiments.augment import Augment
-from experiments.callbacks import Callback, ProgressBar
+from experiments.callbacks import Callback, ProgressBar, StopTraining
 from experiments.checkpoint import load_checkpoint, save_checkpoint, set_global_random_state
 from experiments.datasets import Dataset
 from core.errors import ConfigError, TrainingDiverged
@@ -107,6 +107,8 @@ class Run:
     augment_rng: np.random.Generator | None = None   # loop.augment's draws
     pad_value: float | tuple = 0.0                   # what a raw 0 pixel is after normalisation (per channel)
     resumed_order_rng: np.random.Generator | None = None   # the shuffling stream a checkpoint held
+    # the results so far as the engine writes them, for an observer that saves a run it shows mid-way
+    snapshot: object = None
 
     @property
     def n_epochs(self) -> int:
@@ -337,6 +339,7 @@ def run_phases(learner: Learner, spec: NetworkSpec, phases: list[Phase], *, loop
             write_results(ds, out_path)
         return ds
 
+    run.snapshot = lambda: make_dataset(run, {**attrs, "status": run.status})
     single = len(phases) == 1
     start_phase, start_epoch, stopper = 0, 0, None
     saved = load_checkpoint(out_dir) if resume and out_dir is not None else None
@@ -468,7 +471,8 @@ def guarded(run: Run, memory: PeakMemory, callbacks, attrs: dict, save, chance: 
     """The frame of every training run (fit and continual streams alike).
 
     Starts memory sampling and the callbacks; on divergence marks the run and
-    saves what was recorded before re-raising; always stops the sampler (into
+    saves what was recorded before re-raising; a callback's `StopTraining` ends the
+    run as ``stopped`` (the caller saves and returns what was recorded); always stops the sampler (into
     ``attrs["peak_memory_total"]``) and closes the callbacks; marks the run
     complete when the body finishes, or flags it (`experiments.health`) when it
     ended at ``chance`` or (``trend``: one task, where the loss should fall) with its
@@ -483,11 +487,16 @@ def guarded(run: Run, memory: PeakMemory, callbacks, attrs: dict, save, chance: 
         run.status = "diverged"
         save()
         raise
+    except StopTraining as stop:
+        run.status = "stopped"
+        attrs["stop_reason"] = str(stop) or "a callback stopped the run"
     finally:
         attrs["peak_memory_total"] = memory.stop()
         attrs["peak_memory_measure"] = memory.measure
         for cb in callbacks:
             cb.on_fit_end(run)
+    if run.status == "stopped":
+        return
     status, reason = health_check(run.records, chance=chance, best_epoch=attrs.get("best_epoch"), trend=trend)
     run.status = status
     if reason:
