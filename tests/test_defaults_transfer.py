@@ -85,7 +85,19 @@ def _marks(name: str, setting: str) -> list:
         # Strict: the day its defaults learn here, this mark must go.
         return [pytest.mark.xfail(strict=True, reason="DRTP with ReLU and no batch norm: activity grows "
                                                       "without bound (docs/feedback_alignment.md)")]
+    if name == "counter_current" and setting in CCL_SLOW_START:
+        # One epoch of 2000 images: the local losses first shrink the hidden activity towards a trivial
+        # solution, before the forward and feedback networks align (docs/counter_current.md). Measured
+        # with the defaults: mnist-mlp_3x1000 29.4%, fashion_mnist-mlp_2x1000 33.4%,
+        # fashion_mnist-mlp_3x1000 11.2%, mnist-smallconv 24.8%; momentum, Adam, the authors' whole-net
+        # clip, a smaller loss scale, feedback lr 1 and no clipping did not pass either.
+        # Strict: the day its defaults learn here, this mark must go.
+        return [pytest.mark.xfail(strict=True, reason="counter-current learning starts slowly on wide "
+                                                      "nets (docs/counter_current.md)")]
     return []
+
+
+CCL_SLOW_START = ("mnist-mlp_3x1000", "fashion_mnist-mlp_2x1000", "fashion_mnist-mlp_3x1000", "mnist-smallconv")
 
 
 CASES = [pytest.param(name, setting, id=f"{name}-{setting}", marks=_marks(name, setting))
