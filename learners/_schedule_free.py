@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from learners._optim import is_schedule_free, schedule_free_mode
+from learners.base import evaluating
 
 
 class ScheduleFreeEval:
@@ -39,6 +40,12 @@ class ScheduleFreeEval:
             self.at_eval = False
         if self.refresh_batches and x is not None:
             self.recent.append(x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output for ``x`` in eval mode, at the averaged weights when schedule-free."""
+        self.to_eval(self.network)
+        with evaluating(self.network) as net:
+            return net(x)
 
     def to_eval(self, features: Callable[[torch.Tensor], object]) -> None:
         """Before evaluating: move to the averaged weights and refresh batch norm by running

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from core.checks import Range
 from learners._optim import OptimizerConfig, is_schedule_free, make_optimizer, make_scheduler, optimizer_step
 from learners._schedule_free import ScheduleFreeEval
-from learners.base import Learner, Tags, evaluating, register
+from learners.base import Learner, Tags, register
 from learners.search import Choice, LogUniform
 
 
@@ -70,6 +70,4 @@ class Backprop(Learner):
         return state, metrics
 
     def predict(self, state, x):
-        state.schedule_free.to_eval(state.network)
-        with evaluating(state.network) as net:
-            return net(x)
+        return state.schedule_free.predict(x)
