@@ -25,11 +25,16 @@ def neuron_loss(W: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.mean(np.logaddexp(0, z) - y[:, None] * z, axis=0)
 
 
+# the demo's own velocity bound: the plane spans ±6, so a step of at most 2 per coordinate lets the
+# swarm cross it in a few iterations (the learner's bound is per weight of a real network)
+PLANE_CLAMP = 2.0
+
+
 def swarm_history(x, y, *, n_particles: int, iterations: int, seed: int):
     """Positions (iterations+1, k, 2) and the swarm-best loss per iteration."""
     from learners._kernels.swarm import pso_move_numpy
     from learners.particle_swarm import ParticleSwarm
-    hp = ParticleSwarm()                                 # the learner's own swarm constants
+    hp = ParticleSwarm()                                 # the learner's inertia and accelerations
     rng = np.random.default_rng(seed)
     P = rng.uniform(-6, 6, (n_particles, 2))
     V = np.zeros_like(P)
@@ -38,7 +43,7 @@ def swarm_history(x, y, *, n_particles: int, iterations: int, seed: int):
     for _ in range(iterations):
         gbest = pbest[np.argmin(pbest_f)]
         r1, r2 = rng.random(P.shape), rng.random(P.shape)
-        pso_move_numpy(P, V, pbest, gbest, r1, r2, hp.inertia, hp.c1, hp.c2, 4 * hp.velocity_clamp)
+        pso_move_numpy(P, V, pbest, gbest, r1, r2, hp.inertia, hp.c1, hp.c2, PLANE_CLAMP)
         f = neuron_loss(P, x, y)
         better = f < pbest_f
         pbest[better], pbest_f[better] = P[better], f[better]
