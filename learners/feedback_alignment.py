@@ -20,12 +20,13 @@ al.'s sign-symmetry code; only Linear/Conv2d weights get asymmetric feedback.)
 
 How: FA and the sign modes run the blocks through custom autograd Functions for the Linear and
 Conv2d layers whose backward gives the weight and bias their usual gradient but sends the input
-gradient through B instead of W (``torch.nn.grad.conv2d_input`` with B for a convolution). DFA,
-sDFA and DRTP run every block on the detached output of the block below and, in one backward
-pass, inject their projected signal at each block's output (the head learns on the detached last
-block). ``state.feedback[l]`` always belongs to the block whose error it carries: for fa the matrix
-B_{l+1} (the head's shape for the last block), for the sign modes the magnitude (uSF: s; brSF: this
-batch's |M_t|; frSF: |M|), signed with W_{l+1}'s current signs where it is used
+gradient through B instead of W (``torch.nn.grad.conv2d_input`` with B for a convolution; the sign
+modes' B = m ⊙ sign(W) is built there, in backward, not held through the step). DFA, sDFA and DRTP
+run every block on the detached output of the block below and, in one backward pass, inject their
+projected signal at each block's output (`_Inject`; the head learns on the detached last block).
+``state.feedback[l]`` always belongs to the block whose error it carries: for fa the matrix B_{l+1}
+(the head's shape for the last block), for the sign modes the magnitude (uSF: s; brSF: this batch's
+|M_t|; frSF: |M|), signed with W_{l+1}'s current signs where it is used
 (`FeedbackAlignment.feedback_matrices`); for dfa/sdfa/drtp B_l. The first layer's feedback is
 never needed (the input takes no gradient), so none is kept.
 
@@ -68,6 +69,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -92,19 +94,39 @@ _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d
 
 # ------------------------------------------------------------------ weight layers with feedback
 
+class _Signed(NamedTuple):
+    """The sign modes' feedback as it enters a layer: B = magnitude ⊙ sign(W), built in backward from
+    W's signs (the same as in forward: the step comes after), so that no weight-sized B is made in
+    forward and held through the step."""
+
+    magnitude: torch.Tensor
+
+
+def _through_feedback(feedback, weight, apply):
+    """``apply(B)`` for the feedback B: the tensor itself, or for the sign modes m ⊙ sign(W) (m a
+    matrix, or uSF's scalar s), the same numbers as `FeedbackAlignment.feedback_matrices`."""
+    return apply(feedback if weight is None else torch.sign(weight).mul_(feedback))
+
+
+def _save_feedback(ctx, x, weight, feedback):
+    signed = isinstance(feedback, _Signed)
+    ctx.save_for_backward(x, weight if signed else None, feedback.magnitude if signed else feedback)
+
+
 class _FeedbackLinear(torch.autograd.Function):
-    """y = x Wᵀ + b. Backward: W and b get backprop's gradient; the input gets g B, B in W's place."""
+    """y = x Wᵀ + b. Backward: W and b get backprop's gradient; the input gets g B, B in W's place
+    (B a tensor, or `_Signed`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, feedback):
-        ctx.save_for_backward(x, feedback)
+        _save_feedback(ctx, x, weight, feedback)
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
-        x, feedback = ctx.saved_tensors
+        x, weight, feedback = ctx.saved_tensors
         flat_grad = grad.reshape(-1, grad.shape[-1])
-        grad_x = grad @ feedback if ctx.needs_input_grad[0] else None
+        grad_x = _through_feedback(feedback, weight, lambda B: grad @ B) if ctx.needs_input_grad[0] else None
         grad_w = flat_grad.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
         grad_b = flat_grad.sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
@@ -112,22 +134,41 @@ class _FeedbackLinear(torch.autograd.Function):
 
 class _FeedbackConv2d(torch.autograd.Function):
     """conv2d(x, W) + b. Backward: W and b get backprop's gradient; the input gets the transposed
-    convolution of g with B (B has the kernel's shape), as biotorch's and willwx's conv layers."""
+    convolution of g with B (B has the kernel's shape, or is `_Signed`), as biotorch's and willwx's
+    conv layers."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, feedback, stride, padding, dilation, groups):
-        ctx.save_for_backward(x, feedback)
+        _save_feedback(ctx, x, weight, feedback)
         ctx.conv = (stride, padding, dilation, groups)
+        ctx.weight_shape = weight.shape
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):
-        x, feedback = ctx.saved_tensors
+        x, weight, feedback = ctx.saved_tensors
         conv = ctx.conv
-        grad_x = torch.nn.grad.conv2d_input(x.shape, feedback, grad, *conv) if ctx.needs_input_grad[0] else None
-        grad_w = torch.nn.grad.conv2d_weight(x, feedback.shape, grad, *conv) if ctx.needs_input_grad[1] else None
+        grad_x = _through_feedback(feedback, weight, lambda B: torch.nn.grad.conv2d_input(x.shape, B, grad, *conv)) \
+            if ctx.needs_input_grad[0] else None
+        grad_w = torch.nn.grad.conv2d_weight(x, ctx.weight_shape, grad, *conv) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+class _Inject(torch.autograd.Function):
+    """_Inject.apply(loss, h_1..h_L, s_1..s_L) is the loss; in backward the loss's gradient goes on and
+    each h_l gets s_l as its gradient (the direct modes' signals, held by this node alone and freed
+    once passed on)."""
+
+    @staticmethod
+    def forward(ctx, loss, *points_and_signals):
+        ctx.save_for_backward(*points_and_signals[len(points_and_signals) // 2:])
+        return loss          # autograd returns it as a view: no copy
+
+    @staticmethod
+    def backward(ctx, grad):
+        signals = ctx.saved_tensors
+        return (grad, *signals, *([None] * len(signals)))
 
 
 def _layers(module: nn.Module) -> list[nn.Module]:
@@ -314,10 +355,16 @@ class FeedbackAlignment(Learner):
         with torch.no_grad():
             return [m * torch.sign(w) for m, w in zip(state.feedback, upper_weights(state.network))]
 
+    def _layer_feedback(self, state) -> list:
+        """Per block, the feedback as the layers take it: B (fa), `_Signed` magnitudes (sign modes)."""
+        if self.mode in SIGN_MODES:
+            return [_Signed(m) for m in state.feedback]
+        return list(state.feedback)
+
     def _redraw(self, state):
         """brSF: fresh magnitudes |M_t| for this batch, W's signs are applied where they are used."""
         if self.mode == "brsf":
-            state.feedback = [self._draw(w.shape, state.generator, w).abs() for w in upper_weights(state.network)]
+            state.feedback = [self._draw(w.shape, state.generator, w).abs_() for w in upper_weights(state.network)]
 
     # ------------------------------------------------------------ forward passes
 
@@ -341,19 +388,22 @@ class FeedbackAlignment(Learner):
             h = h.detach() if detach else h
         return network.head(h), points
 
+    def _source(self, state, e, y, dtype) -> torch.Tensor:
+        """What the direct modes project, one row per sample: e (dfa), sign(e) / N (sdfa), y* / N (drtp)."""
+        n = len(y)
+        if self.mode == "dfa":
+            return e
+        if self.mode == "sdfa":
+            # departure: Frenkel et al. project sign(e) itself; / N puts it on the scale of e of the
+            # batch-mean loss, so that one learning rate means the same in every mode
+            return torch.sign(e) / n
+        # the one-hot target y* (Frenkel et al.), divided by N as sdfa's sign(e) (the same departure)
+        return F.one_hot(y, state.n_classes).to(dtype) / n
+
     def _signals(self, state, e, y, points) -> list[torch.Tensor]:
         """The projected signal at each injection point, one row per sample: e B_l (dfa), sign(e) B_l / N
         (sdfa), y* B_l / N (drtp), i.e. the module docstring's B_lᵀ e with samples as rows."""
-        n = len(y)
-        if self.mode == "dfa":
-            source = e
-        elif self.mode == "sdfa":
-            # departure: Frenkel et al. project sign(e) itself; / N puts it on the scale of e of the
-            # batch-mean loss, so that one learning rate means the same in every mode
-            source = torch.sign(e) / n
-        else:
-            # the one-hot target y* (Frenkel et al.), divided by N as sdfa's sign(e) (the same departure)
-            source = F.one_hot(y, state.n_classes).to(points[0].dtype) / n
+        source = self._source(state, e, y, points[0].dtype)
         return [(source @ B).reshape(p.shape) for B, p in zip(state.feedback, points)]
 
     # ------------------------------------------------------------ training
@@ -365,12 +415,19 @@ class FeedbackAlignment(Learner):
             logits, points = self._direct_forward(network, x)
             loss = F.cross_entropy(logits, y)
             e = None if self.mode == "drtp" else torch.autograd.grad(loss, logits, retain_graph=True)[0]
-            signals = self._signals(state, e, y, points)
-            # one pass: the head's true gradient from the loss, each block's from its injected signal
-            torch.autograd.backward([loss, *points], [None, *signals])
+            source = self._source(state, e, y, points[0].dtype)
+            # one pass: the head's true gradient from the loss, each block's from its signal. Only the
+            # graph keeps the block outputs and signals, each freed once its block is done: injecting with
+            # backward([loss, *points], [None, *signals]) would hold them all to the end of the pass, a
+            # step peaking above backprop's
+            injected = _Inject.apply(loss, *points, *[(source @ B).reshape(p.shape)
+                                                      for B, p in zip(state.feedback, points)])
+            del logits, points, e, source
+            injected.backward()
         else:
-            logits, _ = self._feedback_forward(network, x, self.feedback_matrices(state))
-            loss = F.cross_entropy(logits, y)
+            # nothing of the forward pass is kept but the graph: holding the block outputs would keep
+            # each alive to the end of backward
+            loss = F.cross_entropy(self._feedback_forward(network, x, self._layer_feedback(state))[0], y)
             loss.backward()
         return loss
 
@@ -388,9 +445,7 @@ class FeedbackAlignment(Learner):
         return state, {"loss": loss.item()}
 
     def predict(self, state, x):
-        state.schedule_free.to_eval(state.network)
-        with evaluating(state.network) as net:
-            return net(x)
+        return state.schedule_free.predict(x)
 
     # ------------------------------------------------------------ metrics
 
@@ -405,7 +460,7 @@ class FeedbackAlignment(Learner):
                 grads = torch.autograd.grad(loss, [logits, *points])
                 rule = self._signals(state, grads[0], y, points)
                 return [s.detach() for s in rule], list(grads[1:])
-            logits, outputs = self._feedback_forward(network, x, self.feedback_matrices(state))
+            logits, outputs = self._feedback_forward(network, x, self._layer_feedback(state))
             rule = torch.autograd.grad(F.cross_entropy(logits, y), outputs)
             logits, outputs = self._feedback_forward(network, x, None)
             true = torch.autograd.grad(F.cross_entropy(logits, y), outputs)
