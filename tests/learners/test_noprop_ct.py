@@ -127,7 +127,7 @@ def test_two_class_problem_in_seconds():
     t = 1 than near t = 0, so the one shared network learns to read the label off z long before it
     learns to read it off x (docs/noprop.md; the default weighting learns them, see below)."""
     learner, state, x, y = make_state("noprop_ct", n_classes=2, dim=2, n=512, inference_steps=50,
-                                      optimizer={"name": "adam", "lr": 0.01})
+                                      optimizer={"name": "adam", "lr": 0.01, "schedule": "constant"})
     train_steps(learner, state, x[:256], y[:256], epochs=10)
     assert accuracy(learner, state, x[256:], y[256:]) > 0.9
 
@@ -161,7 +161,7 @@ def test_snr_time_sampling_inverts_the_schedule_and_keeps_the_expectation():
 @pytest.mark.slow
 def test_snr_time_sampling_learns_two_blobs():
     learner, state, x, y = make_state("noprop_ct", n_classes=2, dim=2, n=512, inference_steps=50,
-                                      time_sampling="snr", optimizer={"name": "adam", "lr": 0.01})
+                                      time_sampling="snr", optimizer={"name": "adam", "lr": 0.01, "schedule": "constant"})
     train_steps(learner, state, x[:256], y[:256], epochs=10)
     assert accuracy(learner, state, x[256:], y[256:]) > 0.9
 
