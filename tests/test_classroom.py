@@ -10,7 +10,7 @@ import pytest
 
 from experiments.callbacks import Callback, StopTraining
 from experiments.classroom.board import ENDED, IDLE, PAUSED
-from experiments.classroom.session import Lesson, RuleRun
+from experiments.classroom.lesson import Lesson, RuleRun
 from experiments.classroom.settings import Settings, knobs, learner_params, learners
 from experiments.datasets import load_dataset
 from experiments.fit import LoopConfig, fit

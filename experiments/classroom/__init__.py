@@ -3,7 +3,7 @@ two side by side, through the one `fit` engine.
 
 Modules: `settings` (what a run is, each rule's knobs from its search space), `control` (pause,
 resume, stop and jobs on the training thread), `board` (what the page shows of a run), `pictures`
-(decision boundary, confusion matrix), `feed` (the training callback), `session` (the controller:
+(decision boundary, confusion matrix), `feed` (the training callback), `lesson` (the controller:
 `RuleRun`, `Lesson`); the web side: `views` (bokeh figures), `page` (Panel layout), `server`.
 Only the web side imports Panel (the ``classroom`` extra).
 """

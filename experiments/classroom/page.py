@@ -16,7 +16,7 @@ import panel as pn
 
 from core.errors import AltlearnError
 from experiments.classroom.board import ENDED, IDLE
-from experiments.classroom.session import Lesson, one_line
+from experiments.classroom.lesson import Lesson, one_line
 from experiments.classroom.settings import DATASETS, Settings, describe, knobs, learners
 from experiments.classroom.views import RuleView
 

@@ -15,14 +15,6 @@ from learners.base import DataInfo
 from networks import NetworkSpec, build
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: a second thread only spins on the shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _state(widths=(5, 4, 3), n_inputs=6, n_classes=2, seed=0, spec=None, **params):
     learner = make_learner("counter_current", **params)

@@ -14,14 +14,6 @@ from learners.base import DataInfo
 from networks import NetworkSpec, build, get_preset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: a second thread only spins on the shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _state(widths=(32, 24, 16), n_inputs=20, n_classes=4, seed=0, n_epochs=2, steps=10, spec=None, **params):
     learner = make_learner("mono_forward", **params)
