@@ -18,7 +18,9 @@ from core.errors import ConfigError
 # corrects the second moment instead, keeps lr constant and so averages uniformly from step 1.
 # sgd_schedulefree: the package's SGDScheduleFree (LLS-DNN's SGDSF; `momentum` is its beta).
 SCHEDULE_FREE = ("adamw_schedulefree", "adamw_schedulefree_paper", "sgd_schedulefree")
-OPTIMIZERS = ("sgd", "adam", "adamw", *SCHEDULE_FREE)
+# rmsprop: torch's RMSprop (decay ``alpha`` of the squared-gradient average, eps outside the root, as
+# Torch7's optim.rmsprop that Nøkland's DFA experiments used); ``momentum`` is not applied to it.
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", *SCHEDULE_FREE)
 SCHEDULES = ("constant", "cosine", "linear_cooldown")
 
 
@@ -38,6 +40,8 @@ class OptimizerConfig:
     momentum: float = 0.9
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
+    alpha: float = 0.99            # rmsprop's decay of its squared-gradient average
+    eps: float = 1e-8              # adam, adamw, rmsprop: the term added to the root
     weight_decay: float = 0.0
     schedule: str = "constant"
     warmup_steps: int = 0
@@ -62,6 +66,8 @@ class OptimizerConfig:
                               "(it interpolates between the averaged and the latest weights)")
         if not self.lr > 0:
             raise ConfigError(f"optimizer.lr must be positive, got {self.lr}")
+        if not (0 <= self.alpha < 1 and self.eps > 0):
+            raise ConfigError(f"optimizer.alpha={self.alpha} must be in [0, 1) and optimizer.eps={self.eps} positive")
         object.__setattr__(self, "betas", tuple(self.betas))
 
 
@@ -79,8 +85,10 @@ def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
                                 fused=_fused(params, cfg))
     if cfg.name in SCHEDULE_FREE:
         try:
@@ -98,7 +106,7 @@ def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
                       warmup_steps=cfg.warmup_steps)
         opt.train()
         return opt
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
                              fused=_fused(params, cfg))
 
 

@@ -13,10 +13,17 @@ from learners.base import Learner, Tags, register
 from learners.search import Choice, LogUniform
 
 
-def task_loss(scores: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """Cross-entropy on logits for classification, mean squared error for regression."""
+OUTPUT_LOSSES = ("cross_entropy", "bce")
+
+
+def task_loss(scores: torch.Tensor, y: torch.Tensor, task: str, output_loss: str = "cross_entropy") -> torch.Tensor:
+    """Mean squared error for regression. Classification: softmax cross-entropy on the logits, or with
+    ``output_loss="bce"`` a sigmoid per class against the one-hot target, averaged over samples and
+    classes (Torch7's BCECriterion, the output of Nøkland's DFA experiments)."""
     if task == "regression":
         return F.mse_loss(scores, y.reshape(scores.shape))
+    if output_loss == "bce":
+        return F.binary_cross_entropy_with_logits(scores, F.one_hot(y, scores.shape[-1]).to(scores.dtype))
     return F.cross_entropy(scores, y)
 
 
@@ -39,11 +46,12 @@ class Backprop(Learner):
     # schedule-free optimisers only: training batches kept to refresh batch norm at the averaged weights
     # before evaluating (as the local rules do, so that a schedule-free comparison is like for like).
     bn_refresh_batches: int = 50
+    output_loss: str = "cross_entropy"     # classification: cross_entropy (softmax) | bce (sigmoid per class)
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch",
                 tasks=("classification", "regression"))
     contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
-    constraints = {"bn_refresh_batches": Range(0)}
+    constraints = {"bn_refresh_batches": Range(0), "output_loss": OUTPUT_LOSSES}
     # tuned by experiments.tune, the same trial budget for every learner
     search_space = {"optimizer.lr": LogUniform(1e-4, 1e-2), "optimizer.schedule": Choice(("constant", "cosine"))}
 
@@ -57,7 +65,7 @@ class Backprop(Learner):
 
     def objective(self, state, x, y) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss one step descends, and the metrics it reports (rules built on backprop add terms)."""
-        loss = task_loss(state.network(x), y, state.task)
+        loss = task_loss(state.network(x), y, state.task, self.output_loss)
         return loss, {"loss": loss.item()}
 
     def update(self, state, batch):

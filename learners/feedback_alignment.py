@@ -80,6 +80,7 @@ from core.errors import ConfigError
 from core.seeding import seed_stream
 from learners._optim import OptimizerConfig, Schedule, is_schedule_free, make_optimizer, make_scheduler
 from learners._schedule_free import ScheduleFreeEval
+from learners.backprop import OUTPUT_LOSSES, task_loss
 from learners.base import Learner, Tags, evaluating, register
 from learners.search import Choice, LogUniform
 
@@ -268,6 +269,10 @@ class FeedbackAlignment(Learner):
     # schedule-free optimisers only: training batches kept to refresh batch norm at the averaged
     # weights before evaluating (as backprop does)
     bn_refresh_batches: int = 50
+    output_loss: str = "cross_entropy"     # cross_entropy (softmax) | bce (a sigmoid per class, Nøkland)
+    # zero every forward weight and bias at the start, as Nøkland's tanh and sigmoid nets (fa and dfa
+    # alike): the feedback alone breaks the symmetry. Not for ReLU nets, whose zeroed units never fire.
+    zero_forward_init: bool = False
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch", supports_conv=True)
     contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
@@ -277,7 +282,7 @@ class FeedbackAlignment(Learner):
     search_space = {"optimizer.lr": LogUniform(1e-5, 1e-2), "optimizer.schedule": Choice(("constant", "cosine"))}
 
     constraints = {"mode": MODES, "feedback_init": FEEDBACK_INITS, "dfa_conv": DFA_CONV,
-                   "bn_refresh_batches": Range(0)}
+                   "bn_refresh_batches": Range(0), "output_loss": OUTPUT_LOSSES}
 
     # ------------------------------------------------------------ set-up
 
@@ -294,13 +299,26 @@ class FeedbackAlignment(Learner):
         network = network.to(data_info.device)
         # a stream of its own: drawn from the network's init stream, B would start aligned with W
         gen = torch.Generator().manual_seed(seed_stream(seed, "feedback_alignment.feedback"))
+        # drawn before the forward weights are zeroed: usf and brsf read W's signs at the start
         feedback = self._initial_feedback(network, data_info, gen)
+        if self.zero_forward_init:
+            if self.mode in SIGN_MODES:
+                raise ConfigError(f"{self.name}.zero_forward_init=true leaves mode={self.mode!r} no signs to "
+                                  "feed back: use it with fa, dfa, sdfa or drtp")
+            with torch.no_grad():
+                for module in network.modules():
+                    if isinstance(module, (nn.Linear, nn.Conv2d)):
+                        for p in module.parameters(recurse=False):
+                            p.zero_()
         opt = make_optimizer(network.parameters(), self.optimizer)
         # schedule-free optimisers bring their own warmup and need no schedule
         scheduler = None if is_schedule_free(opt) else make_scheduler(opt, self.optimizer, data_info.total_steps)
         return FAState(network=network, optimizer=opt, scheduler=scheduler, feedback=feedback, generator=gen,
                        schedule_free=ScheduleFreeEval([opt], network, self.bn_refresh_batches),
                        n_classes=int(data_info.n_classes))
+
+    def _loss(self, logits, y):
+        return task_loss(logits, y, "classification", self.output_loss)
 
     def _draw(self, shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         t = torch.empty(tuple(shape))
@@ -413,7 +431,7 @@ class FeedbackAlignment(Learner):
         network = state.network
         if self.direct:
             logits, points = self._direct_forward(network, x)
-            loss = F.cross_entropy(logits, y)
+            loss = self._loss(logits, y)
             e = None if self.mode == "drtp" else torch.autograd.grad(loss, logits, retain_graph=True)[0]
             source = self._source(state, e, y, points[0].dtype)
             # one pass: the head's true gradient from the loss, each block's from its signal. Only the
@@ -427,7 +445,7 @@ class FeedbackAlignment(Learner):
         else:
             # nothing of the forward pass is kept but the graph: holding the block outputs would keep
             # each alive to the end of backward
-            loss = F.cross_entropy(self._feedback_forward(network, x, self._layer_feedback(state))[0], y)
+            loss = self._loss(self._feedback_forward(network, x, self._layer_feedback(state))[0], y)
             loss.backward()
         return loss
 
@@ -456,14 +474,14 @@ class FeedbackAlignment(Learner):
         with evaluating(network), torch.enable_grad():
             if self.direct:
                 logits, points = self._direct_forward(network, x, detach=False)
-                loss = F.cross_entropy(logits, y)
+                loss = self._loss(logits, y)
                 grads = torch.autograd.grad(loss, [logits, *points])
                 rule = self._signals(state, grads[0], y, points)
                 return [s.detach() for s in rule], list(grads[1:])
             logits, outputs = self._feedback_forward(network, x, self._layer_feedback(state))
-            rule = torch.autograd.grad(F.cross_entropy(logits, y), outputs)
+            rule = torch.autograd.grad(self._loss(logits, y), outputs)
             logits, outputs = self._feedback_forward(network, x, None)
-            true = torch.autograd.grad(F.cross_entropy(logits, y), outputs)
+            true = torch.autograd.grad(self._loss(logits, y), outputs)
             return list(rule), list(true)
 
     def block_metrics(self, state, x, y):

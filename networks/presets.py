@@ -11,6 +11,9 @@ PRESETS: dict[str, NetworkSpec] = {
     "mlp_2x1000": NetworkSpec(kind="mlp", widths=(1000, 1000)),
     "mlp_3x1000": NetworkSpec(kind="mlp", widths=(1000, 1000, 1000)),
     "mlp_4x2000": NetworkSpec(kind="mlp", widths=(2000, 2000, 2000, 2000)),
+    # Nøkland 2016 (DFA), permutation-invariant MNIST: its shallow and its deep tanh MLP
+    "dfa_shallow": NetworkSpec(kind="mlp", widths=(800,), activation="tanh"),
+    "dfa_deep": NetworkSpec(kind="mlp", widths=(240,) * 7, activation="tanh"),
     # LLS-DNN (mapolinario94/LLS-DNN, models/lls_smallconv.py, lls_vgg.py): conv3x3-BN-LeakyReLU
     # blocks, 2x2 max pooling where the reference pools, adaptive average pooling of the last conv
     # map to 2x2, then FC-BN-LeakyReLU blocks.

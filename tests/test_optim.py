@@ -31,7 +31,7 @@ def test_scheduler_keeps_each_group_base_lr():
     assert opt.param_groups[1]["lr"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
 def test_optimizers_minimise_a_quadratic(name):
     w = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
     opt = make_optimizer([w], OptimizerConfig(name=name, lr=0.1))
@@ -45,8 +45,10 @@ def test_optimizers_minimise_a_quadratic(name):
 def test_bad_optimizer_names():
     with pytest.raises(ConfigError, match="momentum=0.0 must be in \\(0, 1\\) for sgd_schedulefree"):
         OptimizerConfig(name="sgd_schedulefree", momentum=0.0)
-    with pytest.raises(ConfigError, match="optimizer.name='rmsprop'.*sgd, adam, adamw"):
-        OptimizerConfig(name="rmsprop")
+    with pytest.raises(ConfigError, match="optimizer.name='rprop'.*sgd, adam, adamw, rmsprop"):
+        OptimizerConfig(name="rprop")
+    with pytest.raises(ConfigError, match="optimizer.alpha=1.0 must be in \\[0, 1\\)"):
+        OptimizerConfig(name="rmsprop", alpha=1.0)
     with pytest.raises(ConfigError, match="schedule='step'"):
         OptimizerConfig(schedule="step")
 
@@ -90,3 +92,14 @@ def test_paper_schedule_free_weights_early_iterates_by_the_bias_corrected_step_s
     by_hand = sum((lr * math.sqrt(1 - beta2 ** k)) ** 2 for k in range(1, steps + 1))
     assert sums["adamw_schedulefree_paper"] == pytest.approx(by_hand)
     assert by_hand < 0.01 * sums["adamw_schedulefree"]         # the first steps count for little
+
+
+def test_rmsprop_step_is_the_hand_formula():
+    """One step from a zero average: v = (1 - alpha) g², w -= lr g / (sqrt(v) + eps) (eps outside the root)."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = make_optimizer([w], OptimizerConfig(name="rmsprop", lr=0.01, alpha=0.9, eps=1e-3))
+    (w ** 2).sum().backward()
+    g = w.grad.clone()
+    expected = w.detach() - 0.01 * g / ((0.1 * g ** 2).sqrt() + 1e-3)
+    opt.step()
+    torch.testing.assert_close(w.detach(), expected)

@@ -145,6 +145,57 @@ def test_dfa_on_one_hidden_layer_is_the_hand_formula_and_with_b_equal_w2_is_back
         torch.testing.assert_close(ours[name], true[name], rtol=0, atol=1e-12, msg=name)
 
 
+def test_dfa_with_bce_outputs_projects_the_sigmoid_error():
+    """output_loss=bce: e = (sigmoid(a) - y*) / (N C), the gradient of Torch7's element-mean BCE, and the
+    hidden update is (B e) ⊙ f'(a) hᵀ with that e; backprop's loss is the same BCE."""
+    spec = NetworkSpec(kind="mlp", widths=(5,), activation="tanh")
+    learner, state = _setup("dfa", spec, output_loss="bce")
+    x, y = _batch(spec)
+    net = state.network
+    W1, b1 = net.weight_layer(0).weight, net.weight_layer(0).bias
+    ours = _rule_grads(learner, state, x, y)
+    with torch.no_grad():
+        h = torch.tanh(x @ W1.T + b1)
+        e = (torch.sigmoid(net.head(h)) - F.one_hot(y, N_CLASSES).double()) / (len(x) * N_CLASSES)
+        delta = (e @ state.feedback[0]) * (1 - h ** 2)
+    torch.testing.assert_close(ours["blocks.0.1.weight"], delta.T @ x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours["head.weight"], e.T @ h, rtol=0, atol=1e-12)
+    bp = make_learner("backprop", output_loss="bce")
+    bp_state = bp.init(copy.deepcopy(net), DataInfo(input_shape=(6,), n_classes=N_CLASSES, n_train=64,
+                                                    batch_size=16), 0)
+    loss, _ = bp.objective(bp_state, x, y)
+    torch.testing.assert_close(loss, F.binary_cross_entropy(torch.sigmoid(net(x)), F.one_hot(y, N_CLASSES).double()))
+
+
+@pytest.mark.parametrize("mode", ["fa", "dfa"])
+def test_zero_forward_init_zeroes_every_weight_and_the_feedback_breaks_the_symmetry(mode):
+    """Nøkland's tanh nets start from all-zero weights: the first step moves only the first layer (every
+    later layer sees h = tanh(0) = 0), and its hidden units differ because their feedback rows do."""
+    spec = NetworkSpec(kind="mlp", widths=(5, 4), activation="tanh")
+    learner, state = _setup(mode, spec, zero_forward_init=True, optimizer=_sgd())
+    assert all(float(p.detach().abs().max()) == 0 for p in state.network.parameters())
+    assert all(float(B.abs().max()) > 0 for B in state.feedback)
+    x, y = _batch(spec)
+    learner.update(state, (x, y))
+    W1 = state.network.weight_layer(0).weight
+    assert float(W1.abs().max()) > 0 and not torch.allclose(W1[0], W1[1])
+    assert float(state.network.weight_layer(1).weight.abs().max()) == 0
+
+
+def test_zero_forward_init_refuses_the_sign_modes():
+    with pytest.raises(ConfigError, match="zero_forward_init=true leaves mode='usf' no signs"):
+        _setup("usf", zero_forward_init=True)
+
+
+def test_zeroed_dfa_learns_digits_with_rmsprop_and_bce(digits):
+    """Nøkland's MNIST recipe (tanh, zero init, sigmoid outputs with BCE, RMSprop) on the digits."""
+    learner = make_learner("feedback_alignment", mode="dfa", zero_forward_init=True, output_loss="bce",
+                           feedback_init="nokland", optimizer={"name": "rmsprop", "lr": 1e-3})
+    result = fit(learner, {"preset": "mlp_small", "activation": "tanh"}, digits, seed=0,
+                 loop=LoopConfig(n_epochs=6, progress=False))
+    assert float(result.results["accuracy"].sel(split="test")[-1]) > 0.85
+
+
 @pytest.mark.parametrize("mode", ["sdfa", "drtp"])
 def test_sdfa_and_drtp_project_the_sign_of_the_error_or_the_target(mode):
     spec = NetworkSpec(kind="mlp", widths=(5,), activation="tanh")
