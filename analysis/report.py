@@ -172,7 +172,7 @@ def per_block_table(ds: xr.Dataset, var: str, *, header: str, final: bool = True
     da = final_epoch(ds[var]) if final else ds[var]
     # only the blocks this variable has (the block dim spans the deepest learner of the folder)
     blocks = [int(b) for b in da["block"].values if np.isfinite(da.sel(block=b).values).any()]
-    lines = [f"| learner | " + " | ".join(f"{header} block {b}" for b in blocks) + " |",
+    lines = ["| learner | " + " | ".join(f"{header} block {b}" for b in blocks) + " |",
              "|---|" + "---|" * len(blocks)]
     for name in [str(v) for v in ds["learner"].values]:
         sub = da.sel(learner=name)

@@ -95,16 +95,7 @@ def measure(case, threads: int, steps: int, warmup: int, queue):
 def cpu_matmul_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
     """`matmul_peak_gflops` timed in process CPU time: with one thread on a shared machine this is the
     rate the core delivers while the process runs, not diluted by the time other jobs hold it."""
-    import torch
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        c0 = time.process_time()
-        a @ b
-        best = min(best, time.process_time() - c0)
-    return 2 * n ** 3 / best / 1e9
+    return matmul_peak_gflops(n, repeats, clock=time.process_time)
 
 
 def main(argv=None):

@@ -245,7 +245,7 @@ def summarise_selection(folder, out):
         rows.append([f"subsample={key[0]}, step_l2={key[1]}", f"{shortfall[key]:.2f}", f"{rank[key][1]:.2f}",
                      *cells, " / ".join(tests)])
     best = min(rank, key=rank.get)
-    notes = (f"From benchmarks/reference/gbnn_tabular_select (`altlearn -m experiment=gbnn_tabular_select`), final "
+    notes = ("From benchmarks/reference/gbnn_tabular_select (`altlearn -m experiment=gbnn_tabular_select`), final "
              "epoch, mean over 5 seeds. Validation: accuracy (R^2 for diabetes) on each run's validation split. "
              "Worst shortfall: the largest gap to the best setting on any dataset, in units of the target's "
              "tolerance (1.5 accuracy points, 0.03 R^2); settings ordered by it, ties by the mean shortfall. Test means (" +

@@ -11,26 +11,15 @@ benchmarks/results/hebbian.md.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import machine_description, set_threads, write_table
+from benchmarks.common import best_time, machine_description, set_threads, write_table
 
 SIZES = [("PMNIST input layer", 64, 784, 70), ("PMNIST hidden layer", 64, 800, 70),
          ("split MNIST hidden", 64, 400, 40), ("digits mlp_small", 32, 64, 8)]
-
-
-def _best(fn, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None):
@@ -57,7 +46,7 @@ def main(argv=None):
         def run_numpy():
             oja_subspace_iterations_numpy(x, x, h0.copy(), np.zeros((k, n), np.float32), 0.01, 0.9, 10.0, 5)
 
-        times = {name: 1e3 * _best(fn, args.repeats) for name, fn in
+        times = {name: 1e3 * best_time(fn, args.repeats) for name, fn in
                  (("torch", run_torch), ("numba", run_numba), ("numpy", run_numpy))}
         faster = min(times, key=times.get)
         rows.append([label, f"{b}x{n}, {k} rows", times["torch"], times["numba"], times["numpy"], faster])

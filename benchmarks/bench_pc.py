@@ -23,19 +23,9 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks.common import machine_description, set_threads, write_table
+from benchmarks.common import best_time, machine_description, set_threads, write_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pc.md"
-
-
-def _cpu_best(fn, repeats: int) -> float:
-    fn()                                    # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        c0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - c0)
-    return best
 
 
 def relax_autograd(learner, layers, x, target, steps):
@@ -88,8 +78,8 @@ def measure(label, data, widths, batch, repeats):
     a = relax_analytic(pc, state, layers, x, y, pc.n_inference_steps)[1:-1]
     b = relax_autograd(pc, layers, x, target, pc.n_inference_steps)
     assert all(torch.allclose(p, q, atol=1e-4) for p, q in zip(a, b))
-    t_analytic = _cpu_best(lambda: relax_analytic(pc, state, layers, x, y, pc.n_inference_steps), repeats)
-    t_autograd = _cpu_best(lambda: relax_autograd(pc, layers, x, target, pc.n_inference_steps), repeats)
+    t_analytic = best_time(lambda: relax_analytic(pc, state, layers, x, y, pc.n_inference_steps), repeats, time.process_time)
+    t_autograd = best_time(lambda: relax_autograd(pc, layers, x, target, pc.n_inference_steps), repeats, time.process_time)
 
     def epoch(name, **params):
         learner = make_learner(name, **params)
@@ -98,7 +88,7 @@ def measure(label, data, widths, batch, repeats):
         def run():
             for i in range(steps_per_epoch):
                 learner.update(st, (x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch]))
-        return _cpu_best(run, repeats)
+        return best_time(run, repeats, time.process_time)
 
     t_bp = epoch("backprop")
     t_pc = epoch("predictive_coding")

@@ -1,5 +1,4 @@
 """Every YAML composes, and what it names instantiates (lightning-hydra-template's idea)."""
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module

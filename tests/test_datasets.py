@@ -1,13 +1,11 @@
-import gzip
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from experiments.datasets import available_datasets, load_dataset
 from experiments.datasets.base import carve_validation
-from experiments.datasets.idx import FILES, data_root, md5
+from experiments.datasets.idx import FILES, data_root
 from core.errors import ConfigError, DataError
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import torch
 
 from experiments.callbacks import Callback
 from experiments.demos._common import demo_learner, finish, main_for

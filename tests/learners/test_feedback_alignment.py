@@ -21,6 +21,7 @@ from experiments.fit import LoopConfig, fit
 from learners import DataInfo, get_learner_class, make_learner
 from learners.feedback_alignment import MODES, SIGN_MODES, FeedbackAlignment, upper_weights
 from networks import NetworkSpec, build
+from tests.learners._small_nets import random_batch, small_state
 
 MLP = NetworkSpec(kind="mlp", widths=(7, 5), activation="tanh")
 CONV = NetworkSpec(kind="convnet", channels=(4, 6), pool=(2, 1), adaptive_pool=2, widths=(12,),
@@ -30,17 +31,11 @@ N_CLASSES = 3
 
 
 def _setup(mode, spec=MLP, seed=0, **params):
-    shape = SHAPES[spec.kind]
-    learner = make_learner("feedback_alignment", mode=mode, **params)
-    net = build(spec.resolve(shape, N_CLASSES), seed).double()
-    info = DataInfo(input_shape=shape, n_classes=N_CLASSES, n_train=64, batch_size=16, steps_per_epoch=4, n_epochs=2)
-    return learner, learner.init(net, info, seed)
+    return small_state("feedback_alignment", spec, SHAPES[spec.kind], N_CLASSES, seed, mode=mode, **params)
 
 
 def _batch(spec=MLP, seed=0, n=16):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, *SHAPES[spec.kind]), generator=gen, dtype=torch.float64)
-    return x, torch.randint(0, N_CLASSES, (n,), generator=gen)
+    return random_batch(SHAPES[spec.kind], N_CLASSES, seed, n)
 
 
 def _rule_grads(learner, state, x, y):

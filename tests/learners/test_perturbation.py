@@ -17,8 +17,9 @@ from core.errors import ConfigError
 from experiments.app import learner_config
 from experiments.datasets import load_dataset
 from experiments.fit import LoopConfig, fit
-from learners import DataInfo, get_learner_class, make_learner
-from networks import NetworkSpec, build
+from learners import get_learner_class, make_learner
+from networks import NetworkSpec
+from tests.learners._small_nets import random_batch, small_state
 
 MLP = NetworkSpec(kind="mlp", widths=(6, 5), activation="tanh")
 # average pooling: a max pool's kinks would spoil the finite differences' O(σ²) agreement
@@ -29,17 +30,11 @@ N_CLASSES = 3
 
 
 def _setup(spec=MLP, seed=0, **params):
-    shape = SHAPES[spec.kind]
-    learner = make_learner("perturbation", **params)
-    net = build(spec.resolve(shape, N_CLASSES), seed).double()
-    info = DataInfo(input_shape=shape, n_classes=N_CLASSES, n_train=64, batch_size=16, steps_per_epoch=4, n_epochs=2)
-    return learner, learner.init(net, info, seed)
+    return small_state("perturbation", spec, SHAPES[spec.kind], N_CLASSES, seed, **params)
 
 
 def _batch(spec=MLP, seed=0, n=16):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, *SHAPES[spec.kind]), generator=gen, dtype=torch.float64)
-    return x, torch.randint(0, N_CLASSES, (n,), generator=gen)
+    return random_batch(SHAPES[spec.kind], N_CLASSES, seed, n)
 
 
 def _flat(grads: dict, params) -> torch.Tensor:
