@@ -155,6 +155,10 @@ class PredictiveCoding(Learner):
     inference_momentum: float = 0.0         # SGD momentum of the nodes, reset every batch
     beta: float = 1.0                       # output nudging: n_L = u_L - beta (u_L - y); weight step x 1/beta
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
+    # standard mode: run the relaxation through torch.compile, which fuses its many small element-wise
+    # ops (about 2x faster steps on an MNIST MLP on CPU) after a one-off compilation of about 30 s
+    # per process: for long runs, not for the default run or a lesson
+    torch_compile: bool = False
 
     tags = Tags(locality="global", crosses_blocks=True, backend="torch", supports_conv=False)
     contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
@@ -374,8 +378,11 @@ class PredictiveCoding(Learner):
         layers = self.layers(state.network)
         incremental = self.mode == "incremental"
         with torch.no_grad():
-            nodes, first, errs, _ = self._relax(state, layers, x, y, self.n_inference_steps, learn=incremental,
-                                                record=False)
+            if self.torch_compile and not incremental:
+                nodes, first, errs = _compiled_relaxation()(self, state, layers, x, y)
+            else:
+                nodes, first, errs, _ = self._relax(state, layers, x, y, self.n_inference_steps,
+                                                    learn=incremental, record=False)
             loss = self.energies_of(first, nodes, False)[-1]
             metrics = {"loss": loss.item()}
             if not incremental:
@@ -388,8 +395,25 @@ class PredictiveCoding(Learner):
         with evaluating(state.network) as net:
             return net(x)
 
+    def _training_relaxation(self, state, layers, x, y):
+        """Standard PC's relaxation of one training batch, as one function for torch.compile."""
+        nodes, first, errs, _ = self._relax(state, layers, x, y, self.n_inference_steps, learn=False, record=False)
+        return nodes, first, errs
+
     def block_metrics(self, state, x, y):
         """Per layer (blocks, then the head as the last index): the energy of its prediction error
         before and after relaxing the first 512 evaluation samples with the output clamped to their labels."""
         energies = self.relax(state, x[:PROBE_SAMPLES], y[:PROBE_SAMPLES]).energies
         return {"energy_before": energies[0].tolist(), "energy_after": energies[-1].tolist()}
+
+
+_COMPILED = None
+
+
+def _compiled_relaxation():
+    """`PredictiveCoding._training_relaxation` through torch.compile, built on first use. One per
+    process: torch's guards recompile it for another learner setting or batch shape."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(PredictiveCoding._training_relaxation, dynamic=False)
+    return _COMPILED

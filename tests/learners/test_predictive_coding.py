@@ -176,6 +176,21 @@ def test_prediction_is_a_forward_pass(mode):
         torch.testing.assert_close(scores, learner.relax(state, x, None).nodes[-1], rtol=0, atol=0)
 
 
+@pytest.mark.slow
+def test_the_compiled_relaxation_trains_as_the_eager_one():
+    """torch_compile=true: three standard-PC steps give the eager steps' weights (float32 rounding
+    apart: the compiled kernels fuse and reorder the element-wise work)."""
+    kwargs = dict(dtype=torch.float32, inference_momentum=0.5, n_inference_steps=4)
+    learner, state, x, y = _setup("gelu", **kwargs)
+    compiled, compiled_state, _, _ = _setup("gelu", torch_compile=True, **kwargs)
+    for _ in range(3):
+        state, metrics = learner.update(state, (x, y))
+        compiled_state, compiled_metrics = compiled.update(compiled_state, (x, y))
+    assert compiled_metrics["energy"] == pytest.approx(metrics["energy"], rel=1e-4)
+    for p, q in zip(state.network.parameters(), compiled_state.network.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+
+
 def test_incremental_with_one_step_and_frozen_nodes_is_a_head_only_gradient_step():
     """iPC with T = 1 and gamma = 0 takes one step at the feed-forward state, where only the output
     error is nonzero: the head moves as backprop would move it; the blocks do not move."""
