@@ -73,7 +73,7 @@ def test_multirun_sweeps_seeds_and_collects(tmp_path):
     (["learner=backprop", "data=nope"], "data/nope"),
     (["learner=backprop", "network=nope"], "network/nope"),
     (["learner=backprop", "data=blobs", "+network.input_shape=[784]"], "does not match the data's input shape"),
-    (["learner=backprop", "learner.optimizer.name=rmsprop"], "optimizer.name='rmsprop'"),
+    (["learner=backprop", "learner.optimizer.name=adagrad"], "optimizer.name='adagrad'"),
     (["learner=backprop", "data=blobs", "+data.options.sigma=1"], "no option(s) sigma"),
     (["learner=backprop", "data=blobs", "data.options.n_train=400", "learner.optimizer.name=sgd",
       "learner.optimizer.lr=1e7", "+data.options.noise=5.0"], "diverged"),
