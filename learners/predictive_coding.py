@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+# private, but the only way to ask whether a dispatch mode (FlopCounterMode) is active
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from core.checks import Range
 from core.errors import ConfigError
@@ -378,7 +380,7 @@ class PredictiveCoding(Learner):
         layers = self.layers(state.network)
         incremental = self.mode == "incremental"
         with torch.no_grad():
-            if self.torch_compile and not incremental:
+            if self.torch_compile and not incremental and _get_current_dispatch_mode() is None:
                 nodes, first, errs = _compiled_relaxation()(self, state, layers, x, y)
             else:
                 nodes, first, errs, _ = self._relax(state, layers, x, y, self.n_inference_steps,
@@ -412,7 +414,11 @@ _COMPILED = None
 
 def _compiled_relaxation():
     """`PredictiveCoding._training_relaxation` through torch.compile, built on first use. One per
-    process: torch's guards recompile it for another learner setting or batch shape."""
+    process: torch's guards recompile it for another learner setting or batch shape.
+
+    `update` calls it only outside a dispatch mode: called once under one (fit's FLOP counter on
+    an epoch's first step), dynamo marks the function to be skipped for the rest of the process,
+    and every later step runs eagerly. The counted step runs the same arithmetic eagerly instead."""
     global _COMPILED
     if _COMPILED is None:
         _COMPILED = torch.compile(PredictiveCoding._training_relaxation, dynamic=False)

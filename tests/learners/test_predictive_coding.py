@@ -191,6 +191,23 @@ def test_the_compiled_relaxation_trains_as_the_eager_one():
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_a_flop_counted_step_leaves_later_steps_compiled():
+    """fit counts FLOPs on each epoch's first step under FlopCounterMode; dynamo, called under it,
+    would skip the compiled relaxation for good. That step runs eagerly and the next one compiles."""
+    from torch._dynamo.utils import counters
+    from torch.utils.flop_counter import FlopCounterMode
+    torch._dynamo.reset()
+    counters.clear()
+    learner, state, x, y = _setup("gelu", dtype=torch.float32, torch_compile=True, n_inference_steps=3)
+    with FlopCounterMode(display=False) as flops:
+        state, _ = learner.update(state, (x, y))
+    assert flops.get_total_flops() > 0
+    assert counters["frames"]["ok"] == 0
+    learner.update(state, (x, y))
+    assert counters["frames"]["ok"] >= 1
+
+
 def test_incremental_with_one_step_and_frozen_nodes_is_a_head_only_gradient_step():
     """iPC with T = 1 and gamma = 0 takes one step at the feed-forward state, where only the output
     error is nonzero: the head moves as backprop would move it; the blocks do not move."""
