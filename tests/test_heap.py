@@ -68,3 +68,21 @@ def test_fit_sets_the_heap_thresholds_unless_told_not_to(monkeypatch, retain):
                    loop=fit_module.LoopConfig(n_epochs=1, batch_size=32, progress=False, count_flops=False,
                                               retain_freed_memory=retain))
     assert calls == ([1] if retain else [])
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_fit_flushes_subnormal_floats_to_zero_unless_told_not_to(flush):
+    import torch
+    import experiments.fit as fit_module
+    from experiments.datasets import load_dataset
+    from learners import make_learner
+    data = load_dataset("blobs", seed=0, n_train=64, n_test=32)
+    torch.set_flush_denormal(False)
+    try:
+        fit_module.fit(make_learner("backprop"), "mlp_small", data, seed=0,
+                       loop=fit_module.LoopConfig(n_epochs=1, batch_size=32, progress=False, count_flops=False,
+                                                  flush_denormal=flush))
+        subnormal = torch.tensor([1e-40]) * 1.0          # below float32's smallest normal, 1.18e-38
+        assert (subnormal.item() == 0.0) == flush
+    finally:
+        torch.set_flush_denormal(True)
