@@ -10,7 +10,7 @@ IDX files from ``$ALTLEARN_DATA`` (``ToTensor`` and ``Normalize`` with torchvisi
 ``wandb`` that prints what the script logs. The script picks the epoch of lowest validation loss
 on a random 10% of the training set and logs that epoch's model's test accuracy. The table, with
 altlearn's runs read from ``benchmarks/reference/reproduce_ccl_mnist``, goes to
-``benchmarks/results/ccl_reference_code.md``.
+``benchmarks/results/ccl_reference_code.md`` (``--out``).
 """
 from __future__ import annotations
 
@@ -144,6 +144,7 @@ def main(argv=None) -> None:
     parser.add_argument("--yaml", default="./yaml/mlp/mnist_ccl.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ours", type=Path, default=ROOT / "benchmarks/reference/reproduce_ccl_mnist")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ccl_reference_code.md")
     args = parser.parse_args(argv)
     if "ALTLEARN_DATA" not in os.environ:
         parser.error("set ALTLEARN_DATA to the folder holding mnist/ and fashion-mnist/ IDX files")
@@ -160,10 +161,10 @@ def main(argv=None) -> None:
     means = [f"the authors' code: {np.mean([r['test'] for r in reference.values()]):.2f} over seeds "
              f"{', '.join(map(str, reference))}",
              f"altlearn: {np.mean([r['test'] for r in mine.values()]):.2f} over seeds {', '.join(map(str, mine))}"]
-    text = write_table(ROOT / "benchmarks/results/ccl_reference_code.md",
+    text = write_table(args.out,
                        "Counter-Current Learning: the authors' code against altlearn",
                        ["code", "seed", "test accuracy (%)", "epoch reported"], rows,
-                       notes=(f"`python -m benchmarks.ccl_reference_code --code ... --seeds "
+                       notes=(f"`python -m benchmarks.ccl_reference_code --code ... --yaml {args.yaml} --seeds "
                               f"{' '.join(map(str, args.seeds))}`, one torch thread. Test accuracy of the model "
                               "at the epoch of lowest validation loss."),
                        tail="Means: " + "; ".join(means) + ".")
