@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     mine = ours(args.ours)
     rows = [[f"the authors' code ({args.yaml})", seed, f"{r['test']:.2f}", r["best_epoch"]]
             for seed, r in reference.items()]
-    rows += [["altlearn (reproduce_ccl_mnist)", seed, f"{r['test']:.2f}", r["best_epoch"]] for seed, r in mine.items()]
+    rows += [[f"altlearn ({args.ours.name})", seed, f"{r['test']:.2f}", r["best_epoch"]] for seed, r in mine.items()]
     means = [f"the authors' code: {np.mean([r['test'] for r in reference.values()]):.2f} over seeds "
              f"{', '.join(map(str, reference))}",
              f"altlearn: {np.mean([r['test'] for r in mine.values()]):.2f} over seeds {', '.join(map(str, mine))}"]
