@@ -34,7 +34,6 @@ TORCHVISION = textwrap.dedent('''
     import gzip, os
     from pathlib import Path
     import numpy as np
-    import torch
 
     class _Idx:
         folder = None
@@ -84,7 +83,7 @@ TRANSFORMS = textwrap.dedent('''
 ''')
 
 WANDB = textwrap.dedent('''
-    import json, sys
+    import json
     def init(*args, **kwargs):
         pass
     def log(values, step=None):
@@ -109,7 +108,7 @@ def stand_ins(folder: Path) -> Path:
 
 
 def run_reference(code: Path, yaml_file: str, seed: int, shims: Path) -> dict:
-    """One run of the authors' script; returns its logged test accuracy, best epoch and curve."""
+    """One run of the authors' script; returns its logged test accuracy (%) and reported epoch."""
     env = dict(os.environ, PYTHONPATH=f"{shims}{os.pathsep}{code}", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "main_class_mlp.py", "--yaml", yaml_file, "--seed", str(seed)],
                          cwd=code, env=env, capture_output=True, text=True)
@@ -120,8 +119,7 @@ def run_reference(code: Path, yaml_file: str, seed: int, shims: Path) -> dict:
     for entry in logs:
         merged.setdefault(entry["step"], {}).update(entry)
     test = next(v for v in merged.values() if "test_acc" in v)
-    val_acc = [merged[e]["val_acc"] for e in sorted(merged) if "val_acc" in merged[e]]
-    return {"test": 100 * test["test_acc"], "best_epoch": int(test["best_epoch"]) + 1, "epochs": len(val_acc)}
+    return {"test": 100 * test["test_acc"], "best_epoch": int(test["best_epoch"]) + 1}
 
 
 def ours(folder: Path) -> dict[int, dict]:
