@@ -145,6 +145,9 @@ class ParticleSwarm(Learner):
         if spec.kind != "mlp" or spec.batch_norm or not spec.head:
             raise ConfigError(f"particle_swarm trains plain MLPs (kind=mlp, no batch norm, with a head); "
                               f"got kind={spec.kind!r}, batch_norm={spec.batch_norm}, head={spec.head}")
+        if spec.activation not in K.ACTIVATIONS:
+            raise ConfigError(f"particle_swarm's kernels have no network.activation={spec.activation!r}; "
+                              f"use one of {sorted(K.ACTIVATIONS)}")
 
     def init(self, network, data_info, seed):
         self._check(network)

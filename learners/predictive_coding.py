@@ -63,8 +63,8 @@ MODES = ("standard", "incremental")
 PARAMETERISATIONS = ("pcx", "wb")
 OUTPUT_ENERGIES = ("se", "ce")
 PROBE_SAMPLES = 512          # evaluation samples block_metrics relaxes
-_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-                nn.GELU: "gelu", nn.Identity: "identity"}
+_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu", nn.Tanh: "tanh",
+                nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.Identity: "identity"}
 _IDENTITY = ("identity", 0.0)
 
 
@@ -76,6 +76,8 @@ def _apply(act: tuple[str, float], a: torch.Tensor) -> torch.Tensor:
         return torch.relu(a)
     if kind == "leaky_relu":
         return F.leaky_relu(a, slope)
+    if kind == "elu":
+        return F.elu(a)
     if kind == "tanh":
         return torch.tanh(a)
     if kind == "sigmoid":
@@ -94,6 +96,8 @@ def _times_derivative(act: tuple[str, float], a: torch.Tensor, z: torch.Tensor, 
         return torch.ops.aten.threshold_backward(g, a, 0)
     if kind == "leaky_relu":
         return torch.ops.aten.leaky_relu_backward(g, a, slope, False)
+    if kind == "elu":
+        return torch.ops.aten.elu_backward(g, 1.0, 1.0, 1.0, False, a)
     if kind == "tanh":
         return torch.ops.aten.tanh_backward(g, z)
     if kind == "sigmoid":

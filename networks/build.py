@@ -64,6 +64,7 @@ def _activation(spec: NetworkSpec, after_norm: bool = False) -> nn.Module:
     return {
         "relu": nn.ReLU(inplace=after_norm),
         "leaky_relu": nn.LeakyReLU(spec.leaky_slope, inplace=after_norm),
+        "elu": nn.ELU(),
         "tanh": nn.Tanh(),
         "sigmoid": nn.Sigmoid(),
         "gelu": nn.GELU(),

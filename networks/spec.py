@@ -8,7 +8,7 @@ from core.checks import check_choice
 from core.errors import ConfigError
 
 KINDS = ("mlp", "convnet")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu", "identity")
 INITS = ("default", "kaiming", "xavier", "orthogonal")
 
 

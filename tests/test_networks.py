@@ -107,3 +107,11 @@ def test_in_place_activation_after_batch_norm_changes_no_value_or_gradient():
         torch.testing.assert_close(p.grad, q.grad)
     mlp = build(NetworkSpec(widths=(16,), activation="relu").resolve((4,), 3), 0)
     assert not any(getattr(m, "inplace", False) for m in mlp.modules())   # no norm: out of place
+
+
+def test_elu_blocks_are_torchs_elu():
+    net = build(NetworkSpec(widths=(16, 16), activation="elu").resolve((4,), 3), 0)
+    assert sum(isinstance(m, torch.nn.ELU) for m in net.modules()) == 2
+    x = torch.randn(32, 4)
+    hidden = net.blocks[0](x)
+    assert hidden.min() < 0 and torch.all(hidden > -1)        # ELU's negative side, bounded by -1

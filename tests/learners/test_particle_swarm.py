@@ -300,3 +300,10 @@ def test_refuses_conv_networks_and_regression():
     with pytest.raises(ConfigError, match="regression"):
         fit(make_learner("particle_swarm"), "mlp_small", load_dataset("diabetes"),
             loop=LoopConfig(n_epochs=1, progress=False))
+
+
+def test_refuses_an_activation_its_kernels_lack():
+    data = load_dataset("blobs", seed=0, n_train=50, n_test=10)
+    with pytest.raises(ConfigError, match=r"^particle_swarm's kernels have no network.activation='elu'; use one of"):
+        fit(make_learner("particle_swarm"), NetworkSpec(widths=(8,), activation="elu"), data,
+            loop=LoopConfig(n_epochs=1, progress=False))

@@ -13,6 +13,7 @@ from experiments.fit import LoopConfig, fit
 from learners import make_learner
 from learners.base import DataInfo
 from networks import NetworkSpec, build, get_preset
+from networks.spec import ACTIVATIONS
 
 FORMS = ("pcx", "wb")
 ENERGIES = ("se", "ce")
@@ -69,7 +70,7 @@ def test_relaxation_never_raises_the_energy_for_a_small_step(form, energy):
     torch.testing.assert_close(relaxed.nodes[-1], learner.clamp(start, y, 4), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)   # every one a network may have
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("energy", ENERGIES)
 def test_analytic_gradients_match_autograd(activation, form, energy):
