@@ -281,7 +281,11 @@ def tune(overrides: list[str]) -> Path:
                "overrides": base, "learners": {}}
     summary_path = out / "tuning.yaml"
     if summary_path.is_file():
-        summary["learners"] = (yaml.safe_load(summary_path.read_text()) or {}).get("learners", {})
+        # a folder grows over several invocations (e.g. one learner added later): what each learner was
+        # tuned with stays in its own entry, and the folder's learners are all those it holds
+        previous = yaml.safe_load(summary_path.read_text()) or {}
+        summary["learners"] = previous.get("learners", {})
+        summary["overrides"] = previous.get("overrides", base)
     for name in learners_to_tune(cfg, data):
         budget = None
         if name in equal_time_learners(cfg):
@@ -289,7 +293,8 @@ def tune(overrides: list[str]) -> Path:
             if budget is None:
                 raise ConfigError(f"{name!r} is in tuning.equal_time, which takes its time budget from the other "
                                   "learners' runs; tune at least one other learner with it")
-        summary["learners"][name] = tune_learner(name, cfg, base, out, data, budget)
+        summary["learners"][name] = {**tune_learner(name, cfg, base, out, data, budget), "overrides": base}
+        summary["settings"]["learners"] = list(summary["learners"])
         write_text_atomic(summary_path, yaml.safe_dump(summary, sort_keys=False))
     if cfg.report:
         from analysis.report import write_report

@@ -54,6 +54,17 @@ def test_two_learners_tuned_with_one_budget_then_resumed_and_extended(tmp_path):
         assert len(set(settings)) == 5                 # a resumed sampler does not repeat the first trials
     assert out.stderr.count("trial 4/5") == 2 and "trial 1/5" not in out.stderr
 
+    # a learner added by a later command joins the folder; the others and their commands stay recorded
+    out = altlearn("tune", *TUNE[:-2], "tuning.learners=[lls]", "tuning.final_seeds=[0]", "tuning.budget=2",
+                   f"tuning.dir={folder}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = yaml.safe_load((folder / "tuning.yaml").read_text())
+    assert summary["settings"]["learners"] == ["backprop", "mono_forward", "lls"]
+    assert summary["learners"]["backprop"]["n_trials"] == 5 and summary["learners"]["lls"]["n_trials"] == 2
+    assert "tuning.learners=[backprop,mono_forward]" in summary["learners"]["backprop"]["overrides"]
+    assert "tuning.learners=[lls]" in summary["learners"]["lls"]["overrides"]
+    assert "tuning.learners=[backprop,mono_forward]" in summary["overrides"]      # the folder's first command
+
 
 def test_tuning_needs_a_validation_split_and_refuses_learner_overrides(tmp_path):
     out = altlearn("tune", "data=blobs", "data.val_size=0", "tuning.learners=[backprop]", f"tuning.dir={tmp_path}/t",
