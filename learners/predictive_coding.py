@@ -1,4 +1,4 @@
-"""Predictive coding (PC) and incremental PC (iPC) on MLPs.
+"""Predictive coding (PC) and incremental PC (iPC) on MLPs and convolutional networks.
 
 Supervised discriminative PC (Whittington & Bogacz 2017; Millidge, Tschantz & Buckley 2022; the pcx
 benchmark, Pinchetti et al. 2025): every layer's activity is a value node n_l. With n_0 = x, the
@@ -39,9 +39,12 @@ suite's locality audit (perturb block l+1, block l's update must not change) fai
 the relaxed n_{l+1} depends on W_{l+1}. So the tags say ``global`` and ``crosses_blocks``, like
 feedback alignment's DFA, whose weight update is also local once its signal is known.
 
-Convolutional networks are refused: pcx's VGG models do carry the same energy over (nodes on the
-pooled maps), but altlearn's conv presets use batch norm, which makes one sample's prediction depend
-on the others in its batch, and the analytic kernel here covers Linear layers only.
+Convolutional networks carry the same energy over, as pcx's VGG models do: a node on each block's
+output (after its pooling), the block as a whole predicting it. The analytic kernel covers Linear
+layers only, so other blocks take `_AnyBlocks`, the same energy differentiated by autograd (the pcx
+form only; the tests check it against the kernel on an MLP). Batch norm is refused: it makes one
+sample's prediction depend on the others in its batch, so the conv presets run with
+``network.batch_norm=false``.
 """
 from __future__ import annotations
 
@@ -148,6 +151,87 @@ class PCState:
     step: int = 0
 
 
+class _AnyBlocks:
+    """The same energy over any stack of blocks, differentiated by autograd: convolutional networks,
+    whose nodes sit on each block's output (after its pooling, as pcx's VGG models). Only the pcx form
+    (the block, activation and pooling included, predicts the node above it). Layer l's weight
+    gradient comes from its own term of the energy, with the nodes as leaves: it reads n_l, n_{l+1}
+    and block l's weights only, as in the Linear kernel."""
+
+    def __init__(self, learner: "PredictiveCoding", network: nn.Module):
+        self.pc = learner
+        self.fns = list(network.blocks) + [network.head]
+        self.params = [p for f in self.fns for p in f.parameters()]
+
+    def feedforward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        nodes = [x]
+        for f in self.fns:
+            nodes.append(f(nodes[-1]))
+        return nodes
+
+    def energies(self, nodes: list[torch.Tensor], free_output: bool) -> torch.Tensor:
+        """Batch-mean energy of every layer, differentiable in the nodes and the weights."""
+        values, last = [], len(self.fns) - 1
+        for k, f in enumerate(self.fns):
+            u = f(nodes[k])
+            if k < last:
+                values.append(0.5 * ((nodes[k + 1] - u) ** 2).flatten(1).sum(1).mean())
+            elif free_output:
+                values.append(u.new_zeros(()))
+            elif self.pc.output_energy == "ce":
+                values.append(-(nodes[k + 1] * torch.log_softmax(u, 1)).sum(1).mean())
+            else:
+                values.append(0.5 * ((nodes[k + 1] - u) ** 2).sum(1).mean())
+        return torch.stack(values)
+
+    def weight_step(self, state, nodes: list[torch.Tensor]) -> None:
+        # backward(inputs=...) rather than autograd.grad, which fit's FLOP counter (its module
+        # tracker's hooks) does not support
+        for param in self.params:
+            param.grad = None
+        with torch.enable_grad():
+            energy = self.energies([n.detach() for n in nodes], False).sum()
+            (energy / self.pc.beta).backward(inputs=self.params)
+        state.optimizer.step()
+        if state.scheduler is not None:
+            state.scheduler.step()
+
+    def relax(self, state, x, y, steps: int, *, learn: bool, record: bool):
+        """As `PredictiveCoding._relax`: the nodes, the energies at the start and after the last step,
+        and (``record``) every step's energies."""
+        with torch.no_grad():
+            nodes = self.feedforward(x)
+        free = y is None
+        if not free:
+            nodes[-1] = self.pc.clamp(nodes[-1], y, state.n_classes)
+        hidden = [n.detach() for n in nodes[1:-1]]
+        velocity = [torch.zeros_like(n) for n in hidden] if self.pc.inference_momentum else None
+        trace, first = [], None
+        for t in range(steps + 1):
+            with torch.enable_grad():
+                hidden = [n.requires_grad_(True) for n in hidden]
+                energies = self.energies([nodes[0], *hidden, nodes[-1]], free)
+                if first is None:
+                    first = energies.detach()
+                if record:
+                    trace.append(energies.detach())
+                if t == steps:
+                    break
+                # each sample relaxes on its own energy (the batch mean times the batch size)
+                if hidden:
+                    (energies.sum() * len(x)).backward(inputs=hidden)
+                grads = [n.grad for n in hidden]
+            if learn:
+                self.weight_step(state, [nodes[0], *hidden, nodes[-1]])
+            with torch.no_grad():
+                for j, g in enumerate(grads):
+                    if velocity is not None:
+                        g = velocity[j].mul_(self.pc.inference_momentum).add_(g)
+                    hidden[j] = hidden[j].detach() - self.pc.inference_lr * g      # a fresh leaf, no .grad
+        nodes = [nodes[0], *(n.detach() for n in hidden), nodes[-1]]
+        return nodes, first, energies.detach(), (torch.stack(trace) if record else None)
+
+
 @register("predictive_coding")
 @dataclass(frozen=True, kw_only=True)
 class PredictiveCoding(Learner):
@@ -166,7 +250,7 @@ class PredictiveCoding(Learner):
     # per process and setting: for long runs, not for the default run or a lesson
     torch_compile: bool = False
 
-    tags = Tags(locality="global", crosses_blocks=True, backend="torch", supports_conv=False)
+    tags = Tags(locality="global", crosses_blocks=True, backend="torch", supports_conv=True)
     contract_params = {"optimizer": {"name": "adam", "lr": 0.01}}
     contract_epochs = 30
     constraints = {"mode": MODES, "parameterisation": PARAMETERISATIONS, "output_energy": OUTPUT_ENERGIES,
@@ -185,13 +269,30 @@ class PredictiveCoding(Learner):
                               "(the weight step is multiplied by 1/beta)")
         if data_info.task != "classification":
             raise ConfigError(f"{self.name} trains classifiers; got task {data_info.task!r}")
-        self.layers(network)       # refuses what the kernel cannot run, before any training
+        self.path(network)         # refuses what neither path can run, before any training
         network = network.to(data_info.device)
         opt = make_optimizer(network.parameters(), self.optimizer)
         # iPC steps the weights at every inference step: its schedule counts T times the batches
         steps = data_info.total_steps * (self.n_inference_steps if self.mode == "incremental" else 1)
         return PCState(network=network, optimizer=opt, scheduler=make_scheduler(opt, self.optimizer, steps),
                        n_classes=int(data_info.n_classes))
+
+    def path(self, network) -> list[_Layer] | _AnyBlocks:
+        """The analytic Linear kernel's layers for an MLP of Linear + activation blocks, else the
+        autograd path over the blocks as they are (convolutional networks)."""
+        try:
+            return self.layers(network)
+        except ConfigError:
+            if network.head is None:
+                raise
+        norms = [type(m).__name__ for m in network.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+        if norms:
+            raise ConfigError(f"{self.name} does not take batch norm ({norms[0]}): it makes one sample's "
+                              "prediction depend on the rest of its batch; use network.batch_norm=false")
+        if self.parameterisation != "pcx":
+            raise ConfigError(f"{self.name}.parameterisation={self.parameterisation!r} runs MLPs of Linear + "
+                              "activation blocks; use parameterisation=pcx for other blocks")
+        return _AnyBlocks(self, network)
 
     def layers(self, network) -> list[_Layer]:
         """The weight layers (blocks, then the head) with the activation on each side of W."""
@@ -366,10 +467,13 @@ class PredictiveCoding(Learner):
         """Relax the nodes for ``steps`` (default T) inference steps with the weights held, output clamped to
         ``y`` (free when None), and return the nodes and the energy of every layer at every step: the
         energy trajectory of one batch (for a demo or a plot; the state is not changed)."""
-        layers = self.layers(state.network)
+        layers = self.path(state.network)
+        steps = self.n_inference_steps if steps is None else steps
+        if isinstance(layers, _AnyBlocks):
+            nodes, _, _, trace = layers.relax(state, x, y, steps, learn=False, record=True)
+            return Relaxation(nodes=nodes, energies=trace)
         with torch.no_grad():
-            nodes, _, _, trace = self._relax(state, layers, x, y, self.n_inference_steps if steps is None else steps,
-                                             learn=False, record=True)
+            nodes, _, _, trace = self._relax(state, layers, x, y, steps, learn=False, record=True)
         return Relaxation(nodes=nodes, energies=trace)
 
     def energy_trajectory(self, state, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -381,8 +485,17 @@ class PredictiveCoding(Learner):
     def update(self, state, batch):
         x, y = batch
         state.network.train()
-        layers = self.layers(state.network)
+        layers = self.path(state.network)
         incremental = self.mode == "incremental"
+        if isinstance(layers, _AnyBlocks):
+            nodes, first, last, _ = layers.relax(state, x, y, self.n_inference_steps, learn=incremental,
+                                                 record=False)
+            metrics = {"loss": first[-1].item()}
+            if not incremental:
+                metrics["energy"] = last.sum().item()
+                layers.weight_step(state, nodes)
+            state.step += 1
+            return state, metrics
         with torch.no_grad():
             if self.torch_compile and not incremental and _get_current_dispatch_mode() is None:
                 nodes, first, errs = _compiled_relaxation()(self, state, layers, x, y)

@@ -244,15 +244,81 @@ def test_both_modes_learn_digits(mode):
     assert {"block_energy_before", "block_energy_after", "train_loss"} <= set(result.results.data_vars)
 
 
-def test_convnets_and_zero_beta_are_refused():
+def _conv_setup(seed=0, n=8, **params):
+    """A small bias-carrying convnet without batch norm on 1x8x8 inputs (float64), a learner and a batch."""
+    spec = NetworkSpec(kind="convnet", channels=(3, 4), pool=(2, 1), widths=(), batch_norm=False,
+                       activation="tanh").resolve((1, 8, 8), 4)
+    net = build(spec, seed).to(torch.float64)
+    learner = make_learner("predictive_coding", **params)
+    info = DataInfo(input_shape=(1, 8, 8), n_classes=4, n_train=64, batch_size=n, steps_per_epoch=4, n_epochs=1)
+    state = learner.init(net, info, seed)
+    gen = torch.Generator().manual_seed(seed)
+    return learner, state, torch.randn(n, 1, 8, 8, generator=gen, dtype=torch.float64), \
+        torch.randint(0, 4, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("mode", ["standard", "incremental"])
+def test_the_autograd_path_trains_an_mlp_as_the_analytic_kernel(mode):
+    from learners.predictive_coding import _AnyBlocks
+    learner, state, x, y = _setup(mode=mode, inference_momentum=0.5, n_inference_steps=4)
+    twin = copy.deepcopy(state)
+    learner.update(state, (x, y))                          # the Linear kernel
+    path = _AnyBlocks(learner, twin.network)
+    nodes, _, _, _ = path.relax(twin, x, y, 4, learn=mode == "incremental", record=False)
+    if mode == "standard":
+        path.weight_step(twin, nodes)
+    for p, q in zip(state.network.parameters(), twin.network.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+def test_on_a_convnet_free_feedforward_values_have_zero_energy_and_stay():
+    learner, state, x, _ = _conv_setup()
+    relaxed = learner.relax(state, x, None)
+    assert torch.all(relaxed.energies.abs() < 1e-12)
+    forward = [x]
+    for f in list(state.network.blocks) + [state.network.head]:
+        forward.append(f(forward[-1]))
+    for n, m in zip(relaxed.nodes, forward):
+        torch.testing.assert_close(n, m.detach())
+
+
+def test_on_a_convnet_relaxation_lowers_the_energy_and_weights_update_locally():
+    learner, state, x, y = _conv_setup(inference_lr=0.05, n_inference_steps=10)
+    total = learner.relax(state, x, y).energies.sum(1)
+    assert torch.all(total[1:] <= total[:-1] + 1e-12) and total[-1] < total[0]
+    # block 0's weight step reads only n_0 and n_1: changing block 1's weights after relaxation
+    # (with the nodes held) leaves block 0's gradient as it was
+    from learners.predictive_coding import _AnyBlocks
+    path = _AnyBlocks(learner, state.network)
+    nodes = learner.relax(state, x, y).nodes
+    energy = path.energies(nodes, False).sum()
+    block0 = list(state.network.blocks[0].parameters())
+    before = torch.autograd.grad(energy, block0)
+    with torch.no_grad():
+        for p in state.network.blocks[1].parameters():
+            p.add_(1.0)
+    after = torch.autograd.grad(path.energies(nodes, False).sum(), block0)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_a_convnet_learns_digits():
     data = load_dataset("digits", seed=0)
-    with pytest.raises(ConfigError, match="convolutional"):
+    net = {"kind": "convnet", "channels": [8, 16], "pool": [2, 2], "widths": [], "batch_norm": False}
+    # FLOPs counted, as in every run: the counter's hooks and the relaxation's gradients coexist
+    result = fit(make_learner("predictive_coding", optimizer={"name": "adam", "lr": 3e-3}), net, data, seed=0,
+                 loop=LoopConfig(n_epochs=5, progress=False))
+    assert float(result.results["accuracy"].sel(split="test")[-1]) > 0.85      # chance: 0.1
+
+
+def test_batch_norm_wb_on_convnets_and_zero_beta_are_refused():
+    data = load_dataset("digits", seed=0)
+    with pytest.raises(ConfigError, match="batch norm .*network.batch_norm=false"):
         fit(make_learner("predictive_coding"), {"preset": "smallconv", "widths": [16]}, data,
             loop=LoopConfig(n_epochs=1, progress=False))
-    spec = get_preset("smallconv").resolve(data.input_shape, 10)
-    info = DataInfo(input_shape=data.input_shape, n_classes=10, n_train=10)
-    with pytest.raises(ConfigError, match="convolutional"):
-        make_learner("predictive_coding").init(build(spec, 0), info, 0)
+    with pytest.raises(ConfigError, match="parameterisation='wb' runs MLPs"):
+        _conv_setup(parameterisation="wb")
     with pytest.raises(ConfigError, match="beta"):
         _setup(beta=0.0)
     with pytest.raises(ConfigError, match="mode"):
