@@ -174,31 +174,25 @@ class _AnyBlocks:
         values, last = [], len(self.fns) - 1
         for k, f in enumerate(self.fns):
             u = f(nodes[k])
-            if k < last:
-                values.append(0.5 * ((nodes[k + 1] - u) ** 2).flatten(1).sum(1).mean())
-            elif free_output:
-                values.append(u.new_zeros(()))
-            elif self.pc.output_energy == "ce":
-                values.append(-(nodes[k + 1] * torch.log_softmax(u, 1)).sum(1).mean())
-            else:
-                values.append(0.5 * ((nodes[k + 1] - u) ** 2).sum(1).mean())
+            values.append(0.5 * ((nodes[k + 1] - u) ** 2).flatten(1).sum(1).mean() if k < last
+                          else self.pc.output_energy_of(nodes[k + 1], u, free_output))
         return torch.stack(values)
 
-    def weight_step(self, state, nodes: list[torch.Tensor]) -> None:
+    def weight_step(self, state, energies: torch.Tensor) -> None:
+        """One optimiser step on dE/dW / beta, from ``energies`` as `relax` returns them (their graph
+        holds the nodes as leaves, so each layer's gradient is its own term's)."""
         # backward(inputs=...) rather than autograd.grad, which fit's FLOP counter (its module
         # tracker's hooks) does not support
         for param in self.params:
             param.grad = None
-        with torch.enable_grad():
-            energy = self.energies([n.detach() for n in nodes], False).sum()
-            (energy / self.pc.beta).backward(inputs=self.params)
+        (energies.sum() / self.pc.beta).backward(inputs=self.params)
         state.optimizer.step()
         if state.scheduler is not None:
             state.scheduler.step()
 
     def relax(self, state, x, y, steps: int, *, learn: bool, record: bool):
-        """As `PredictiveCoding._relax`: the nodes, the energies at the start and after the last step,
-        and (``record``) every step's energies."""
+        """As `PredictiveCoding._relax`: the nodes, the energies at the start and after the last step
+        (the latter with its graph, for `weight_step`), and (``record``) every step's energies."""
         with torch.no_grad():
             nodes = self.feedforward(x)
         free = y is None
@@ -217,19 +211,20 @@ class _AnyBlocks:
                     trace.append(energies.detach())
                 if t == steps:
                     break
-                # each sample relaxes on its own energy (the batch mean times the batch size)
+                # each sample relaxes on its own energy (the batch mean times the batch size); iPC's
+                # weights step on the same evaluation
                 if hidden:
-                    (energies.sum() * len(x)).backward(inputs=hidden)
+                    (energies.sum() * len(x)).backward(inputs=hidden, retain_graph=learn)
                 grads = [n.grad for n in hidden]
-            if learn:
-                self.weight_step(state, [nodes[0], *hidden, nodes[-1]])
+                if learn:
+                    self.weight_step(state, energies)
             with torch.no_grad():
                 for j, g in enumerate(grads):
                     if velocity is not None:
                         g = velocity[j].mul_(self.pc.inference_momentum).add_(g)
                     hidden[j] = hidden[j].detach() - self.pc.inference_lr * g      # a fresh leaf, no .grad
         nodes = [nodes[0], *(n.detach() for n in hidden), nodes[-1]]
-        return nodes, first, energies.detach(), (torch.stack(trace) if record else None)
+        return nodes, first, energies, (torch.stack(trace) if record else None)
 
 
 @register("predictive_coding")
@@ -390,15 +385,17 @@ class PredictiveCoding(Learner):
         values = []
         for k, layer in enumerate(layers):
             a = F.linear(_apply(layer.pre, nodes[k]), layer.linear.weight, layer.linear.bias)
-            if k < len(layers) - 1:
-                values.append(0.5 * ((nodes[k + 1] - _apply(layer.post, a)) ** 2).sum(1).mean())
-            elif free_output:
-                values.append(torch.zeros((), dtype=a.dtype, device=a.device))
-            elif self.output_energy == "ce":
-                values.append(-(nodes[k + 1] * torch.log_softmax(a, 1)).sum(1).mean())
-            else:
-                values.append(0.5 * ((nodes[k + 1] - a) ** 2).sum(1).mean())
+            values.append(0.5 * ((nodes[k + 1] - _apply(layer.post, a)) ** 2).sum(1).mean() if k < len(layers) - 1
+                          else self.output_energy_of(nodes[k + 1], a, free_output))
         return torch.stack(values)
+
+    def output_energy_of(self, node: torch.Tensor, u: torch.Tensor, free_output: bool) -> torch.Tensor:
+        """E_out, batch mean, differentiable: the output node ``node`` against the head's output ``u``."""
+        if free_output:
+            return u.new_zeros(())
+        if self.output_energy == "ce":
+            return -(node * torch.log_softmax(u, 1)).sum(1).mean()
+        return 0.5 * ((node - u) ** 2).sum(1).mean()
 
     def node_gradients(self, layers: list[_Layer], nodes: list[torch.Tensor],
                        errs: list[LayerErrors]) -> list[torch.Tensor]:
@@ -493,7 +490,7 @@ class PredictiveCoding(Learner):
             metrics = {"loss": first[-1].item()}
             if not incremental:
                 metrics["energy"] = last.sum().item()
-                layers.weight_step(state, nodes)
+                layers.weight_step(state, last)
             state.step += 1
             return state, metrics
         with torch.no_grad():
