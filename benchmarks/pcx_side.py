@@ -1,5 +1,6 @@
-"""Standard predictive coding (PC-SE) trained with pcx, the JAX predictive-coding library, on arrays
-that benchmarks/bench_pcx.py prepares; prints one JSON line per epoch.
+"""Predictive coding (PC-SE, or iPC-SE with ``--mode incremental``) trained with pcx, the JAX
+predictive-coding library, on arrays that benchmarks/bench_pcx.py prepares; prints one JSON line per
+epoch.
 
 Runs in an environment of its own (pcx 0.6 pins jax < 0.5), never imported by altlearn:
 
@@ -11,8 +12,11 @@ against pcx's current API): Linear layers, each hidden one followed by the activ
 a last Linear into an output node with the squared-error energy whose value is clamped to the one-hot
 target while training. One batch: forward initialisation, T inference steps of SGD with momentum on
 the hidden nodes (each sample's own energy), then one AdamW step on the weights with the batch-mean
-energy's gradient. The weight schedule is a cosine from lr to 0.1 lr over all steps (pcx's scripts
-warm up to 1.1 lr over the first 10% of steps; altlearn's run has no warm-up, so neither has this one).
+energy's gradient. iPC (pcx's iPC_SE.py): at each of the T steps one gradient of the energy at the
+current nodes and weights moves both, the nodes by SGD as above and the weights by one AdamW step on
+the batch mean, so a batch takes T weight steps. The weight schedule is a cosine from lr to 0.1 lr over
+all weight steps (pcx's scripts warm up to 1.1 lr over the first 10% of steps; altlearn's run has no
+warm-up, so neither has this one).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--widths", default="128,128,128")
     parser.add_argument("--activation", default="gelu")
+    parser.add_argument("--mode", choices=("standard", "incremental"), default="standard")
     parser.add_argument("--T", type=int, default=8)
     parser.add_argument("--lr-x", type=float, default=0.0105)
     parser.add_argument("--momentum-x", type=float, default=0.65)
@@ -85,6 +90,16 @@ def main(argv=None):
         with pxu.step(model, pxc.STATUS.INIT, clear_params=pxc.VodeParam.Cache):
             forward(x, y, model=model)
         optim_h.init(pxu.M_hasnot(pxc.VodeParam, frozen=True)(model))
+        if incremental:
+            both = (pxu.M_hasnot(pxc.VodeParam, frozen=True) | pxu.M(pxnn.LayerParam)).to([False, True])
+            for _ in range(T):
+                with pxu.step(model, clear_params=pxc.VodeParam.Cache):
+                    _, g = pxf.value_and_grad(both, has_aux=True)(energy)(x, model=model)
+                # each optimiser takes its own parameters' gradients from the one tree
+                optim_h.step(model, g["model"])
+                optim_w.step(model, g["model"], scale_by=1.0 / x.shape[0])
+            optim_h.clear()
+            return
         for _ in range(T):
             with pxu.step(model, clear_params=pxc.VodeParam.Cache):
                 # the summed energy: each node moves along its own sample's gradient
@@ -110,11 +125,13 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     sizes = [x_train.shape[1], *map(int, args.widths.split(",")), n_classes]
     model = MLP(sizes, getattr(jax.nn, args.activation))
+    incremental = args.mode == "incremental"
     B = args.batch_size
     steps = len(x_train) // B                     # the last partial batch is dropped, as pcx's loaders do
     with pxu.step(model, pxc.STATUS.INIT, clear_params=pxc.VodeParam.Cache):
         forward(jnp.zeros((B, sizes[0])), None, model=model)
-        schedule = optax.cosine_decay_schedule(args.lr_w, decay_steps=steps * args.epochs, alpha=0.1)
+        weight_steps = steps * args.epochs * (args.T if incremental else 1)
+        schedule = optax.cosine_decay_schedule(args.lr_w, decay_steps=weight_steps, alpha=0.1)
         optim_h = pxu.Optim(lambda: optax.sgd(args.lr_x, momentum=args.momentum_x))
         optim_w = pxu.Optim(lambda: optax.adamw(schedule, weight_decay=args.wd_w), pxu.M(pxnn.LayerParam)(model))
 
