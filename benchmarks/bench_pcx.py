@@ -94,8 +94,9 @@ def main(argv=None):
                 if code == "pcx":
                     epochs = run_pcx(args.pcx_python, arrays, seed, args.epochs, settings)
                 else:
-                    epochs = run_altlearn(seed, args.epochs, Path(tmp) / f"{code[:8]}{len(code)}-{seed}", overrides,
-                                          compiled=code == COMPILED)
+                    compiled = code == COMPILED
+                    folder = Path(tmp) / f"{'compiled' if compiled else 'eager'}{seed}"
+                    epochs = run_altlearn(seed, args.epochs, folder, overrides, compiled=compiled)
                 for e in epochs:
                     versions.update({k: e[k] for k in ("jax", "pcx") if k in e})
                     rows.append({"code": code, "seed": seed, **{k: e[k] for k in ("epoch", "train_s", "test_accuracy")}})

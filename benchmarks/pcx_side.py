@@ -42,6 +42,7 @@ def main(argv=None):
     parser.add_argument("--wd-w", type=float, default=3.55e-4)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    incremental = args.mode == "incremental"
     if args.threads == 1:
         # XLA's CPU client otherwise runs its matmuls on every core
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -125,7 +126,6 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     sizes = [x_train.shape[1], *map(int, args.widths.split(",")), n_classes]
     model = MLP(sizes, getattr(jax.nn, args.activation))
-    incremental = args.mode == "incremental"
     B = args.batch_size
     steps = len(x_train) // B                     # the last partial batch is dropped, as pcx's loaders do
     with pxu.step(model, pxc.STATUS.INIT, clear_params=pxc.VodeParam.Cache):

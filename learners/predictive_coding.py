@@ -151,6 +151,13 @@ class PCState:
     step: int = 0
 
 
+def _advance(state) -> None:
+    """The optimiser's step on the gradients already set, then the schedule's."""
+    state.optimizer.step()
+    if state.scheduler is not None:
+        state.scheduler.step()
+
+
 class _AnyBlocks:
     """The same energy over any stack of blocks, differentiated by autograd: convolutional networks,
     whose nodes sit on each block's output (after its pooling, as pcx's VGG models). Only the pcx form
@@ -186,9 +193,7 @@ class _AnyBlocks:
         for param in self.params:
             param.grad = None
         (energies.sum() / self.pc.beta).backward(inputs=self.params)
-        state.optimizer.step()
-        if state.scheduler is not None:
-            state.scheduler.step()
+        _advance(state)
 
     def relax(self, state, x, y, steps: int, *, learn: bool, record: bool):
         """As `PredictiveCoding._relax`: the nodes, the energies at the start and after the last step
@@ -456,9 +461,7 @@ class PredictiveCoding(Learner):
             layer.linear.weight.grad = gw
             if layer.linear.bias is not None:
                 layer.linear.bias.grad = gb
-        state.optimizer.step()
-        if state.scheduler is not None:
-            state.scheduler.step()
+        _advance(state)
 
     def relax(self, state, x: torch.Tensor, y: torch.Tensor | None = None, steps: int | None = None) -> Relaxation:
         """Relax the nodes for ``steps`` (default T) inference steps with the weights held, output clamped to
