@@ -37,6 +37,10 @@ N_EVAL_TRAIN = 200      # training images the loop evaluates
 # so they train on 256 images of the same data (8 steps).
 N_TRAIN_SLOW = 256
 SLOW_LEARNERS = ("particle_swarm", "gradient_boosting")
+# the forward-only estimators take a noisy step (K directions per site): one epoch of 2000 images on
+# fashion_mnist-mlp_3x1000 reached 37.0 / 43.6 / 27.2% test for seeds 0-2, two epochs 65.6 / 43.4 /
+# 54.0%, so they get two epochs on the MNIST-like sets to be judged on learning, not on the seed
+TWO_EPOCH_LEARNERS = ("perturbation",)
 
 # setting: (dataset, network, epochs, training images). digits is the default run's data and network
 # (all 1437 training images); the MNIST-like sets take one epoch of the default batch (32): 63 steps
@@ -77,7 +81,13 @@ def _supports(name: str, setting: str) -> bool:
 
 def _marks(name: str, setting: str) -> list:
     _, network, _, _ = SETTINGS[setting]
-    if name == "drtp" and network in ("mlp_2x1000", "mlp_3x1000"):
+    if name == "drtp" and network == "mlp_2x1000":
+        # the same cause, but mlp_2x1000 sits at the bar: one epoch reached 47% validation on one CPU
+        # and 48.8% (MNIST) / 41.2% (Fashion-MNIST) test on another, below 40% on others; float
+        # rounding of the CPU's kernels decides the side, so the mark cannot be strict here
+        return [pytest.mark.xfail(strict=False, reason="DRTP with ReLU and no batch norm sits at the bar "
+                                                       "on mlp_2x1000 (docs/feedback_alignment.md)")]
+    if name == "drtp" and network == "mlp_3x1000":
         # DRTP's signal for a sample never shrinks, so ReLU activity without batch norm grows without
         # bound (docs/feedback_alignment.md, "Activations"; the paper uses tanh), and the wide ReLU
         # presets have neither. No setting of the learner alone (Adam 3e-5 to 1e-3, L2 1e-3 to 1e-1,
@@ -131,6 +141,8 @@ def test_command_line_defaults_learn(name, setting, request):
     root = None if dataset == "digits" else str(request.getfixturevalue("data_root"))
     if name in SLOW_LEARNERS and n_train is not None:
         n_train = min(n_train, N_TRAIN_SLOW)
+    if name in TWO_EPOCH_LEARNERS and dataset != "digits":
+        epochs = 2
     data = _data(dataset, root, n_train)
     params = learner_config(name)
     learner = make_learner(params.pop("name"), **params)
